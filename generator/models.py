@@ -1,0 +1,160 @@
+"""Prompts (one request to generate) and the images they produce."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class IllegalTransition(ValueError):
+    """A status change the job state machine does not allow."""
+
+
+def source_image_path(instance: Prompt, filename: str) -> str:
+    # Unguessable names: media is private, but a name must not leak anything either.
+    return f"inputs/{instance.owner_id}/{uuid.uuid4().hex}-{filename}"
+
+
+def output_image_path(instance: GeneratedImage, filename: str) -> str:
+    return f"outputs/{instance.owner_id}/{uuid.uuid4().hex}-{filename}"
+
+
+def thumbnail_path(instance: GeneratedImage, filename: str) -> str:
+    return f"thumbnails/{instance.owner_id}/{uuid.uuid4().hex}-{filename}"
+
+
+class Prompt(models.Model):
+    """One request to generate, and the job that carries it out on a ComfyUI backend."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SUBMITTED = "submitted", "Waiting in ComfyUI"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # The state machine: every status a job may move to from each status. Submitted and
+    # running jobs may go back to queued when their backend lost them and they are resubmitted.
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
+        Status.QUEUED: frozenset({Status.SUBMITTED, Status.FAILED, Status.CANCELLED}),
+        Status.SUBMITTED: frozenset(
+            {Status.QUEUED, Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
+        ),
+        Status.RUNNING: frozenset({Status.QUEUED, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
+        Status.SUCCEEDED: frozenset(),
+        Status.FAILED: frozenset(),
+        Status.CANCELLED: frozenset(),
+    }
+    FINAL_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompts")
+    workflow = models.CharField(max_length=100)
+    positive_text = models.TextField("prompt", blank=True)
+    negative_text = models.TextField("negative prompt", blank=True)
+    params = models.JSONField("parameters", default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, editable=False)
+    comfy_prompt_id = models.UUIDField("ComfyUI prompt id", null=True, blank=True, unique=True, editable=False)
+    backend = models.CharField(max_length=200, blank=True, editable=False)
+    progress = models.FloatField(default=0.0, editable=False, help_text="0 to 1")
+    error = models.TextField(blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    finished_at = models.DateTimeField(null=True, blank=True, editable=False)
+    source_image = models.ImageField(upload_to=source_image_path, blank=True)
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="prompt_owner_created"),
+            models.Index(fields=["status", "created_at"], name="prompt_status_created"),
+        ]
+
+    def __str__(self) -> str:
+        text = self.positive_text if len(self.positive_text) <= 60 else self.positive_text[:57] + "…"
+        return f"#{self.pk} {text or self.workflow} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES
+
+    def can_transition_to(self, status: str) -> bool:
+        return status in self.TRANSITIONS[self.status]
+
+    def transition_to(self, status: str, **changes: Any) -> None:
+        """Move to `status`, stamping times, and save. Raises IllegalTransition otherwise.
+
+        `changes` are other fields set in the same save (error text, backend, ids...).
+        """
+        if not self.can_transition_to(status):
+            raise IllegalTransition(f"Prompt {self.pk}: {self.status} → {status} is not allowed")
+        now = timezone.now()
+        self.status = status
+        if status == self.Status.RUNNING and self.started_at is None:
+            self.started_at = now
+        if status == self.Status.QUEUED:
+            self.comfy_prompt_id = None
+            self.backend = ""
+            self.progress = 0.0
+            self.started_at = None
+        if status in self.FINAL_STATUSES:
+            self.finished_at = now
+            if status == self.Status.SUCCEEDED:
+                self.progress = 1.0
+        for field, value in changes.items():
+            setattr(self, field, value)
+        update_fields = {"status", "started_at", "finished_at", "progress", "comfy_prompt_id", "backend"}
+        self.save(update_fields=update_fields | set(changes) if self.pk else None)
+
+
+class GeneratedImage(models.Model):
+    """One output file of a prompt, stored byte for byte as ComfyUI produced it."""
+
+    class Review(models.TextChoices):
+        PENDING = "pending", "Pending review"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="images")
+    # Copied from the prompt so that a user's gallery is one indexed query on this table.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="images", editable=False
+    )
+    file = models.FileField(upload_to=output_image_path)
+    thumbnail = models.ImageField(upload_to=thumbnail_path, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    bytes = models.PositiveBigIntegerField(default=0)
+    node_id = models.CharField("ComfyUI node id", max_length=64)
+    output_index = models.PositiveIntegerField(default=0)
+    review_status = models.CharField(max_length=16, choices=Review.choices, default=Review.PENDING)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "node_id", "output_index"], name="image_unique_output"),
+        ]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="image_owner_created"),
+            models.Index(fields=["review_status", "-created_at"], name="image_review_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Image {self.pk} of prompt {self.prompt_id} (node {self.node_id} #{self.output_index})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.owner_id is None and self.prompt_id is not None:
+            self.owner_id = self.prompt.owner_id
+        super().save(*args, **kwargs)

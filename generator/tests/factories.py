@@ -1,0 +1,50 @@
+"""factory_boy factories for the generator models."""
+
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+
+from generator.models import GeneratedImage, Prompt
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    PASSWORD = "correct horse battery staple"
+
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", PASSWORD)
+
+    @factory.post_generation
+    def _save(obj, create, extracted, **kwargs):  # noqa: N805
+        if create:
+            obj.save()
+
+
+class PromptFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Prompt
+
+    owner = factory.SubFactory(UserFactory)
+    workflow = "txt2img"
+    positive_text = factory.Sequence(lambda n: f"a lighthouse at dusk, variation {n}")
+    negative_text = "blurry"
+    params = factory.LazyFunction(lambda: {"seed": 42, "steps": 20, "cfg": 7.0})
+
+
+class GeneratedImageFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = GeneratedImage
+
+    prompt = factory.SubFactory(PromptFactory)
+    file = factory.django.FileField(filename="ComfyUI_00001_.png", data=b"\x89PNG fake")
+    width = 512
+    height = 512
+    bytes = 9
+    node_id = "9"
+    output_index = factory.Sequence(int)
