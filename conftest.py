@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from generator.tests.factories import UserFactory
+from generator.tests.factories import PASSWORD, UserFactory
 
 REQUIRE_SERVICES = os.environ.get("COMFYSITE_REQUIRE_SERVICES", "") not in {"", "0", "false"}
 
@@ -33,9 +33,10 @@ def require_service(name: str, url: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_media(settings, tmp_path):
-    """Every test writes its media under its own temporary folder."""
+def _test_settings(settings, tmp_path):
+    """Every test writes its media under its own folder; passwords hash fast."""
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +50,7 @@ def _fresh_cache():
 
 @pytest.fixture
 def password() -> str:
-    return UserFactory.PASSWORD
+    return PASSWORD
 
 
 @pytest.fixture

@@ -20,7 +20,14 @@ class PromptAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     raw_id_fields = ("owner", "parent")
     readonly_fields = (
-        "status", "comfy_prompt_id", "backend", "progress", "error", "created_at", "started_at", "finished_at",
+        "status",
+        "comfy_prompt_id",
+        "backend",
+        "progress",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
     )
     date_hierarchy = "created_at"
     inlines = [GeneratedImageInline]

@@ -58,7 +58,9 @@ class Prompt(models.Model):
     negative_text = models.TextField("negative prompt", blank=True)
     params = models.JSONField("parameters", default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, editable=False)
-    comfy_prompt_id = models.UUIDField("ComfyUI prompt id", null=True, blank=True, unique=True, editable=False)
+    comfy_prompt_id = models.UUIDField(
+        "ComfyUI prompt id", null=True, blank=True, unique=True, editable=False
+    )
     backend = models.CharField(max_length=200, blank=True, editable=False)
     progress = models.FloatField(default=0.0, editable=False, help_text="0 to 1")
     error = models.TextField(blank=True, editable=False)

@@ -7,10 +7,10 @@ from django.contrib.auth import get_user_model
 
 from generator.models import GeneratedImage, Prompt
 
+PASSWORD = "correct horse battery staple"
+
 
 class UserFactory(factory.django.DjangoModelFactory):
-    PASSWORD = "correct horse battery staple"
-
     class Meta:
         model = get_user_model()
         django_get_or_create = ("username",)
@@ -21,7 +21,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", PASSWORD)
 
     @factory.post_generation
-    def _save(obj, create, extracted, **kwargs):  # noqa: N805
+    def _save(obj, create, extracted, **kwargs):
         if create:
             obj.save()
 
