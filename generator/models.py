@@ -27,6 +27,28 @@ def thumbnail_path(instance: GeneratedImage, filename: str) -> str:
     return f"thumbnails/{instance.owner_id}/{uuid.uuid4().hex}-{filename}"
 
 
+class Backend(models.Model):
+    """A ComfyUI server as the bridge last saw it. Pages read it; only the bridge writes it."""
+
+    url = models.CharField(max_length=200, unique=True)
+    label = models.CharField(max_length=100, blank=True)
+    is_demo = models.BooleanField(default=False, help_text="The built-in emulator, not a real ComfyUI.")
+    online = models.BooleanField(default=False)
+    status_message = models.CharField(max_length=300, blank=True)
+    queue_remaining = models.PositiveIntegerField(default=0)
+    # Only the node classes our workflows use, plus every node class name: enough for forms
+    # and availability checks without loading ComfyUI's multi-megabyte /object_info per page.
+    object_info = models.JSONField(default=dict, blank=True)
+    node_classes = models.JSONField(default=list, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["url"]
+
+    def __str__(self) -> str:
+        return self.label or self.url
+
+
 class Prompt(models.Model):
     """One request to generate, and the job that carries it out on a ComfyUI backend."""
 
@@ -67,6 +89,9 @@ class Prompt(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True, editable=False)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    submit_attempts = models.PositiveSmallIntegerField(default=0, editable=False)
+    on_demo_backend = models.BooleanField(default=False, editable=False)
     source_image = models.ImageField(upload_to=source_image_path, blank=True)
     parent = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
@@ -93,27 +118,34 @@ class Prompt(models.Model):
     def transition_to(self, status: str, **changes: Any) -> None:
         """Move to `status`, stamping times, and save. Raises IllegalTransition otherwise.
 
-        `changes` are other fields set in the same save (error text, backend, ids...).
+        `changes` are other fields set in the same save (error text, backend, ids...). The
+        update only applies if the row still has the status we read, so two processes racing
+        (a user cancelling while the bridge submits) cannot both win.
         """
         if not self.can_transition_to(status):
             raise IllegalTransition(f"Prompt {self.pk}: {self.status} → {status} is not allowed")
+        previous = self.status
         now = timezone.now()
-        self.status = status
+        fields: dict[str, Any] = {"status": status}
         if status == self.Status.RUNNING and self.started_at is None:
-            self.started_at = now
+            fields["started_at"] = now
         if status == self.Status.QUEUED:
-            self.comfy_prompt_id = None
-            self.backend = ""
-            self.progress = 0.0
-            self.started_at = None
+            fields.update(comfy_prompt_id=None, backend="", progress=0.0, started_at=None)
         if status in self.FINAL_STATUSES:
-            self.finished_at = now
+            fields["finished_at"] = now
             if status == self.Status.SUCCEEDED:
-                self.progress = 1.0
-        for field, value in changes.items():
-            setattr(self, field, value)
-        update_fields = {"status", "started_at", "finished_at", "progress", "comfy_prompt_id", "backend"}
-        self.save(update_fields=update_fields | set(changes) if self.pk else None)
+                fields["progress"] = 1.0
+        fields.update(changes)
+        if self.pk is None:
+            raise ValueError("save the prompt before moving it through its states")
+        updated = type(self).objects.filter(pk=self.pk, status=previous).update(**fields)
+        if not updated:
+            self.refresh_from_db(fields=["status"])
+            raise IllegalTransition(
+                f"Prompt {self.pk} changed to {self.status} meanwhile; {previous} → {status} refused"
+            )
+        for name, value in fields.items():
+            setattr(self, name, value)
 
 
 class GeneratedImage(models.Model):
@@ -130,6 +162,7 @@ class GeneratedImage(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="images", editable=False
     )
     file = models.FileField(upload_to=output_image_path)
+    content_type = models.CharField(max_length=100, default="image/png")
     thumbnail = models.ImageField(upload_to=thumbnail_path, blank=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)

@@ -1,2 +1,7 @@
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from .consumers import JobsConsumer
+
+websocket_urlpatterns = [
+    path("ws/jobs/", JobsConsumer.as_asgi()),
+]

@@ -1,0 +1,197 @@
+"""The database side of running jobs: synchronous functions the bridge calls in a worker thread.
+
+Every status change goes through Prompt.transition_to, whose conditional update makes a change
+that lost a race (a user's cancel, another bridge) raise IllegalTransition instead of winning.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import mimetypes
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from PIL import Image, UnidentifiedImageError
+
+from .live import QUEUE_ORDER, LiveState, queue_positions, render_card
+from .models import GeneratedImage, IllegalTransition, Prompt
+from .workflows import WorkflowError, get_workflow
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = (384, 384)
+MAX_SUBMIT_ATTEMPTS = 2
+S = Prompt.Status
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the bridge needs to know of a job it drives."""
+
+    pk: int
+    owner_id: int
+    comfy_prompt_id: str
+    workflow: str
+    status: str
+    cancel_requested: bool
+    submit_attempts: int
+
+
+def _job(prompt: Prompt) -> Job:
+    return Job(
+        pk=prompt.pk,
+        owner_id=prompt.owner_id,
+        comfy_prompt_id=str(prompt.comfy_prompt_id or ""),
+        workflow=prompt.workflow,
+        status=prompt.status,
+        cancel_requested=prompt.cancel_requested_at is not None,
+        submit_attempts=prompt.submit_attempts,
+    )
+
+
+def next_queued_prompts(limit: int = 20) -> list[Prompt]:
+    """Candidates in the order they should run: retried jobs first, then oldest first."""
+    return list(Prompt.objects.filter(status=S.QUEUED).order_by(*QUEUE_ORDER)[:limit])
+
+
+def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> tuple[Job, dict[str, Any]] | None:
+    """Move the next queued prompt to `submitted` on this backend; return it with its graph.
+
+    The row gets its ComfyUI prompt id before anything is sent, so a crash between the POST
+    and our next write is found again by reconciliation.
+    """
+    for prompt in next_queued_prompts():
+        try:
+            workflow = get_workflow(prompt.workflow)
+        except WorkflowError as error:
+            _try_transition(prompt, S.FAILED, error=f"This job's workflow is no longer available: {error}.")
+            continue
+        try:
+            prompt.transition_to(
+                S.SUBMITTED,
+                comfy_prompt_id=uuid.uuid4(),
+                backend=backend_url,
+                on_demo_backend=on_demo_backend,
+                submit_attempts=prompt.submit_attempts + 1,
+            )
+        except IllegalTransition:  # cancelled or claimed elsewhere meanwhile
+            continue
+        values = {**prompt.params, "prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
+        graph = workflow.fill(values, filename_prefix=f"comfysite/job{prompt.pk}")
+        return _job(prompt), graph
+    return None
+
+
+def jobs_on_backend(backend_url: str) -> list[Job]:
+    prompts = Prompt.objects.filter(backend=backend_url, status__in=[S.SUBMITTED, S.RUNNING]).order_by("pk")
+    return [_job(p) for p in prompts]
+
+
+def get_job(pk: int) -> Job:
+    return _job(Prompt.objects.get(pk=pk))
+
+
+def _try_transition(prompt: Prompt, status: str, **changes: Any) -> bool:
+    try:
+        prompt.transition_to(status, **changes)
+    except IllegalTransition as error:
+        logger.info("%s", error)
+        return False
+    return True
+
+
+def transition(pk: int, status: str, **changes: Any) -> bool:
+    """Move job `pk` to `status` if that is still legal; False when it is not (already final...)."""
+    prompt = Prompt.objects.get(pk=pk)
+    if prompt.status == status:
+        return False
+    return _try_transition(prompt, status, **changes)
+
+
+def requeue_or_fail(pk: int, reason: str) -> str:
+    """A job its backend lost: back to the queue for one more try, or failed with `reason`."""
+    prompt = Prompt.objects.get(pk=pk)
+    if prompt.cancel_requested_at is not None:
+        _try_transition(prompt, S.CANCELLED, error="Cancelled.")
+    elif prompt.submit_attempts >= MAX_SUBMIT_ATTEMPTS:
+        _try_transition(prompt, S.FAILED, error=reason)
+    else:
+        _try_transition(prompt, S.QUEUED)
+    return prompt.status
+
+
+def unsubmit(pk: int) -> None:
+    """The POST to ComfyUI never arrived (backend down): the job waits again, no try counted."""
+    prompt = Prompt.objects.get(pk=pk)
+    if _try_transition(prompt, S.QUEUED):
+        Prompt.objects.filter(pk=pk).update(submit_attempts=F("submit_attempts") - 1)
+
+
+def save_progress(pk: int, progress: float) -> None:
+    Prompt.objects.filter(pk=pk, status=S.RUNNING).update(progress=progress)
+
+
+def has_output(pk: int, node_id: str, index: int) -> bool:
+    return GeneratedImage.objects.filter(prompt_id=pk, node_id=node_id, output_index=index).exists()
+
+
+def _thumbnail(data: bytes) -> tuple[bytes | None, int | None, int | None]:
+    """A small WebP of the first frame, and the full size; (None, None, None) if not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            frame = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
+            frame.thumbnail(THUMBNAIL_SIZE)
+            out = io.BytesIO()
+            frame.save(out, "WEBP", quality=80, method=4)
+            return out.getvalue(), width, height
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None, None, None
+
+
+def store_output(pk: int, node_id: str, index: int, filename: str, data: bytes) -> GeneratedImage | None:
+    """Keep one output file byte for byte, with a thumbnail. Importing twice stores it once."""
+    prompt = Prompt.objects.get(pk=pk)
+    thumbnail, width, height = _thumbnail(data)
+    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    image = GeneratedImage(
+        prompt=prompt,
+        owner_id=prompt.owner_id,
+        node_id=node_id,
+        output_index=index,
+        width=width,
+        height=height,
+        bytes=len(data),
+        content_type=content_type,
+    )
+    image.file.save(filename.rsplit("/", 1)[-1], ContentFile(data), save=False)
+    if thumbnail is not None:
+        image.thumbnail.save(f"{filename.rsplit('.', 1)[0]}.webp", ContentFile(thumbnail), save=False)
+    try:
+        with transaction.atomic():
+            image.save()
+    except IntegrityError:  # imported meanwhile (reconcile and event at once): keep the first
+        image.file.delete(save=False)
+        if image.thumbnail:
+            image.thumbnail.delete(save=False)
+        return None
+    return image
+
+
+def card_html(pk: int, live: LiveState | None = None) -> tuple[int, str]:
+    """The owner of job `pk` and its card as it stands now."""
+    prompt = Prompt.objects.prefetch_related("images").get(pk=pk)
+    position = queue_positions([prompt]).get(pk)
+    return prompt.owner_id, render_card(prompt, live=live, position=position)
+
+
+def queued_cards() -> list[tuple[int, str]]:
+    """Cards of every queued job, for when the queue moves and their positions change."""
+    prompts = list(Prompt.objects.filter(status=S.QUEUED).prefetch_related("images").order_by(*QUEUE_ORDER))
+    positions = queue_positions(prompts)
+    return [(p.owner_id, render_card(p, position=positions.get(p.pk))) for p in prompts]

@@ -1,0 +1,102 @@
+"""Live job state shared by the bridge, the views and the websocket consumer.
+
+The bridge renders each change once, as an HTML fragment, and sends it to the owner's group;
+every browser tab of that user swaps it in by element id (htmx's ws extension). The latest
+step-level detail of a running job (node, step) is kept in the cache, so a tab that connects
+mid-job is shown where the job is, not where the database last saw it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.core.cache import cache
+from django.template.loader import render_to_string
+
+from .models import GeneratedImage, Prompt
+
+LIVE_TTL_SECONDS = 3600
+BRIDGE_GROUP = "comfy-bridge"
+# The order in which queued jobs are handed to ComfyUI: retried jobs first, then oldest first.
+QUEUE_ORDER = ("-submit_attempts", "created_at", "pk")
+
+
+def user_group(user_id: int) -> str:
+    return f"user-{user_id}"
+
+
+@dataclass
+class LiveState:
+    """What the database does not hold of a running job."""
+
+    node_title: str = ""
+    step: int = 0
+    steps: int = 0
+    cancelling: bool = False
+
+    @property
+    def step_percent(self) -> int:
+        return round(100 * self.step / self.steps) if self.steps else 0
+
+
+def live_key(prompt_id: int) -> str:
+    return f"job-live:{prompt_id}"
+
+
+def save_live_state(prompt_id: int, state: LiveState) -> None:
+    cache.set(live_key(prompt_id), asdict(state), LIVE_TTL_SECONDS)
+
+
+def load_live_states(prompt_ids: list[int]) -> dict[int, LiveState]:
+    found = cache.get_many([live_key(pk) for pk in prompt_ids])
+    return {pk: LiveState(**found[live_key(pk)]) for pk in prompt_ids if live_key(pk) in found}
+
+
+def queue_positions(prompts: list[Prompt]) -> dict[int, int]:
+    """1-based place of each queued prompt in the site's queue (jobs handed to ComfyUI count first)."""
+    wanted = {p.pk for p in prompts if p.status == Prompt.Status.QUEUED}
+    if not wanted:
+        return {}
+    ahead_in_comfy = Prompt.objects.filter(status=Prompt.Status.SUBMITTED).count()
+    order = (
+        Prompt.objects.filter(status=Prompt.Status.QUEUED).order_by(*QUEUE_ORDER).values_list("pk", flat=True)
+    )
+    return {pk: ahead_in_comfy + place for place, pk in enumerate(order, start=1) if pk in wanted}
+
+
+def card_context(
+    prompt: Prompt, *, live: LiveState | None = None, position: int | None = None
+) -> dict[str, Any]:
+    live = live or LiveState(cancelling=prompt.cancel_requested_at is not None)
+    return {
+        "prompt": prompt,
+        "live": live,
+        "position": position,
+        "images": list(prompt.images.all()) if prompt.pk else [],
+    }
+
+
+def render_card(prompt: Prompt, **kwargs: Any) -> str:
+    return render_to_string("generator/partials/job_card.html", card_context(prompt, **kwargs))
+
+
+def render_progress(prompt: Prompt, **kwargs: Any) -> str:
+    return render_to_string("generator/partials/job_progress.html", card_context(prompt, **kwargs))
+
+
+def render_image(image: GeneratedImage) -> str:
+    return render_to_string("generator/partials/image_card.html", {"image": image})
+
+
+def unfinished_cards(user_id: int) -> list[str]:
+    """The current state of a user's unfinished jobs, as cards: what a (re)connecting tab needs."""
+    prompts = list(
+        Prompt.objects.filter(owner_id=user_id)
+        .exclude(status__in=Prompt.FINAL_STATUSES)
+        .prefetch_related("images")
+        .order_by("created_at")
+    )
+    positions = queue_positions(prompts)
+    lives = load_live_states([p.pk for p in prompts])
+    return [render_card(p, live=lives.get(p.pk), position=positions.get(p.pk)) for p in prompts]

@@ -1,0 +1,149 @@
+"""The generation form: posting stores a job and answers with its card at once."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from generator.models import Prompt
+
+from .factories import PromptFactory
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def valid_data(**overrides):
+    return {
+        "workflow": "txt2img",
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": "blurry",
+        "size": "768x512",
+        "width": "512",
+        "height": "512",
+        "seed": "",
+        "steps": "20",
+        "cfg": "7",
+        "sampler": "euler",
+        "scheduler": "normal",
+        "checkpoint": "v1-5-pruned-emaonly.safetensors",
+        "batch_size": "1",
+        **overrides,
+    }
+
+
+def test_the_home_page_shows_the_form_with_choices_from_comfyui(user_client):
+    response = user_client.get(reverse("home"))
+
+    assert response.status_code == 200
+    form = response.context["form"]
+    assert "euler" in dict(form.fields["sampler"].choices)
+    assert dict(form.fields["checkpoint"].choices) == {
+        "v1-5-pruned-emaonly.safetensors": "v1-5-pruned-emaonly.safetensors"
+    }
+    assert 'ws-connect="/ws/jobs/"' in response.text
+
+
+def test_posting_the_form_queues_a_job_and_returns_its_card(user_client, user):
+    response = user_client.post(reverse("generate"), valid_data(), **HTMX)
+
+    assert response.status_code == 200
+    prompt = Prompt.objects.get()
+    assert prompt.owner == user
+    assert prompt.status == Prompt.Status.QUEUED
+    assert prompt.positive_text == "a lighthouse at dusk"
+    assert (prompt.params["width"], prompt.params["height"]) == (768, 512)
+    assert f'id="prompt-{prompt.pk}"' in response.text
+    assert 'data-status="queued"' in response.text
+    assert "#1 in the queue" in response.text
+
+
+def test_an_empty_seed_means_random_and_the_drawn_seed_is_kept(user_client):
+    user_client.post(reverse("generate"), valid_data(), **HTMX)
+    user_client.post(reverse("generate"), valid_data(), **HTMX)
+
+    seeds = [p.params["seed"] for p in Prompt.objects.all()]
+    assert all(isinstance(seed, int) for seed in seeds)
+    assert seeds[0] != seeds[1]
+
+
+def test_a_chosen_seed_is_used(user_client):
+    user_client.post(reverse("generate"), valid_data(seed="1234"), **HTMX)
+    assert Prompt.objects.get().params["seed"] == 1234
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"prompt": ""}, "prompt", "This field is required."),
+        ({"steps": "0"}, "steps", "greater than or equal to 1"),
+        ({"steps": "500"}, "steps", "less than or equal to 150"),
+        ({"sampler": "not-a-sampler"}, "sampler", "Select a valid choice"),
+        ({"size": "custom", "width": "500"}, "width", "multiple of 8"),
+        ({"cfg": "lots"}, "cfg", "Enter a number."),
+    ],
+)
+def test_bad_input_returns_the_form_with_field_errors_and_queues_nothing(
+    user_client, overrides, field, message
+):
+    response = user_client.post(reverse("generate"), valid_data(**overrides), **HTMX)
+
+    assert response.status_code == 200
+    assert response["HX-Retarget"] == "#generate-form"
+    assert any(message in error for error in response.context["form"].errors[field])
+    assert 'id="generate-form"' in response.text
+    assert Prompt.objects.count() == 0
+
+
+def test_the_form_refuses_a_post_without_csrf_token(user):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = client.post(reverse("generate"), valid_data(), **HTMX)
+
+    assert response.status_code == 403
+    assert Prompt.objects.count() == 0
+
+
+def test_htmx_requests_carry_the_csrf_token_in_a_header(user):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    page = client.get(reverse("home"))
+    token = page.context["csrf_token"]
+
+    response = client.post(reverse("generate"), valid_data(), HTTP_X_CSRFTOKEN=str(token), **HTMX)
+
+    assert response.status_code == 200
+    assert f'"X-CSRFToken": "{token}"' in page.text
+
+
+def test_cancelling_a_queued_job_drops_it_at_once(user_client, user):
+    prompt = PromptFactory(owner=user)
+
+    response = user_client.post(reverse("job-cancel", args=[prompt.pk]), **HTMX)
+
+    prompt.refresh_from_db()
+    assert prompt.status == Prompt.Status.CANCELLED
+    assert 'data-status="cancelled"' in response.text
+
+
+def test_cancelling_a_running_job_asks_the_bridge_and_shows_cancelling(user_client, user):
+    prompt = PromptFactory(owner=user)
+    prompt.transition_to(Prompt.Status.SUBMITTED)
+    prompt.transition_to(Prompt.Status.RUNNING)
+
+    response = user_client.post(reverse("job-cancel", args=[prompt.pk]), **HTMX)
+
+    prompt.refresh_from_db()
+    assert prompt.status == Prompt.Status.RUNNING
+    assert prompt.cancel_requested_at is not None
+    assert "Cancelling…" in response.text
+
+
+def test_nobody_sees_or_cancels_another_users_job(user_client, other_user):
+    prompt = PromptFactory(owner=other_user)
+
+    assert user_client.get(reverse("job-card", args=[prompt.pk])).status_code == 404
+    assert user_client.post(reverse("job-cancel", args=[prompt.pk])).status_code == 404
+    prompt.refresh_from_db()
+    assert prompt.status == Prompt.Status.QUEUED

@@ -1,0 +1,245 @@
+"""ComfyUI workflows in API format, and the form parameters read from their graphs.
+
+A workflow exported with "Export (API)" is a map of node id → {class_type, inputs, _meta}.
+We find what a user can set by following the graph from its sampler: the text encoder feeding
+`positive` is the prompt, the one feeding `negative` the negative prompt, the latent feeding
+`latent_image` gives width/height/batch, the loader at the end of `model` the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+SAMPLER_CLASSES = {"KSampler", "KSamplerAdvanced"}
+TEXT_ENCODER_CLASSES = {"CLIPTextEncode"}
+LATENT_CLASSES = {"EmptyLatentImage", "EmptySD3LatentImage"}
+IMAGE_LOADER_CLASSES = {"LoadImage"}
+# Output nodes whose files we keep, and the input that names their files.
+SAVE_CLASSES = {"SaveImage", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveWEBM", "SaveVideo"}
+
+# Sampler inputs exposed on the form: our parameter name → ComfyUI input name.
+SAMPLER_INPUTS = {
+    "seed": "seed",
+    "steps": "steps",
+    "cfg": "cfg",
+    "sampler": "sampler_name",
+    "scheduler": "scheduler",
+}
+LATENT_INPUTS = {"width": "width", "height": "height", "batch_size": "batch_size"}
+
+
+class WorkflowError(ValueError):
+    """A workflow file that cannot be used, with the reason in words."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One value of a workflow that a user may set: where it goes in the graph."""
+
+    name: str
+    node_id: str
+    input_name: str
+    label: str
+    default: Any
+
+
+@dataclass
+class Workflow:
+    name: str
+    title: str
+    description: str
+    graph: dict[str, Any]
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+    @property
+    def save_nodes(self) -> list[str]:
+        return [node_id for node_id, node in self.graph.items() if node["class_type"] in SAVE_CLASSES]
+
+    @property
+    def node_classes(self) -> set[str]:
+        return {node["class_type"] for node in self.graph.values()}
+
+    def node_title(self, node_id: str | None) -> str:
+        node = self.graph.get(node_id or "")
+        if node is None:
+            return f"node {node_id}"
+        return node.get("_meta", {}).get("title") or node["class_type"]
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: parameter.default for name, parameter in self.parameters.items()}
+
+    def fill(self, values: dict[str, Any], *, filename_prefix: str) -> dict[str, Any]:
+        """The graph to send to ComfyUI: a copy with `values` and our file name prefix set."""
+        graph = copy.deepcopy(self.graph)
+        for name, value in values.items():
+            parameter = self.parameters.get(name)
+            if parameter is not None and value is not None:
+                graph[parameter.node_id]["inputs"][parameter.input_name] = value
+        for node_id in self.save_nodes:
+            graph[node_id]["inputs"]["filename_prefix"] = filename_prefix
+        return graph
+
+
+def _linked_node(graph: dict[str, Any], node: dict[str, Any], input_name: str) -> tuple[str, dict] | None:
+    link = node.get("inputs", {}).get(input_name)
+    if isinstance(link, list) and len(link) == 2 and str(link[0]) in graph:
+        return str(link[0]), graph[str(link[0])]
+    return None
+
+
+def _upstream(graph: dict[str, Any], node_id: str, input_name: str, wanted: set[str]) -> str | None:
+    """Follow `input_name` links upstream (through LoRAs and the like) to a node of a wanted class."""
+    seen: set[str] = set()
+    current = node_id
+    while current not in seen:
+        seen.add(current)
+        linked = _linked_node(graph, graph[current], input_name)
+        if linked is None:
+            return None
+        current, node = linked
+        if node["class_type"] in wanted:
+            return current
+    return None
+
+
+def _checkpoint_loader(graph: dict[str, Any], sampler_id: str) -> str | None:
+    seen: set[str] = set()
+    current = sampler_id
+    while current not in seen:
+        seen.add(current)
+        linked = _linked_node(graph, graph[current], "model")
+        if linked is None:
+            return None
+        current, node = linked
+        if "ckpt_name" in node.get("inputs", {}):
+            return current
+    return None
+
+
+def map_parameters(graph: dict[str, Any]) -> dict[str, Parameter]:
+    """Find the user-settable parameters of an API-format graph."""
+    parameters: dict[str, Parameter] = {}
+
+    def add(name: str, node_id: str, input_name: str) -> None:
+        node = graph[node_id]
+        default = node["inputs"].get(input_name)
+        if isinstance(default, list):  # a link, not a value
+            return
+        label = node.get("_meta", {}).get("title") or node["class_type"]
+        parameters[name] = Parameter(name, node_id, input_name, label, default)
+
+    samplers = sorted(
+        (nid for nid, n in graph.items() if n["class_type"] in SAMPLER_CLASSES), key=_node_order
+    )
+    if samplers:
+        sampler_id = samplers[0]
+        sampler = graph[sampler_id]
+        for role, name in (("positive", "prompt"), ("negative", "negative_prompt")):
+            encoder = _upstream(graph, sampler_id, role, TEXT_ENCODER_CLASSES)
+            if encoder:
+                add(name, encoder, "text")
+        seed_input = "noise_seed" if sampler["class_type"] == "KSamplerAdvanced" else "seed"
+        for name, input_name in {**SAMPLER_INPUTS, "seed": seed_input}.items():
+            if input_name in sampler["inputs"]:
+                add(name, sampler_id, input_name)
+        latent = _upstream(graph, sampler_id, "latent_image", LATENT_CLASSES)
+        if latent:
+            for name, input_name in LATENT_INPUTS.items():
+                add(name, latent, input_name)
+        elif "denoise" in sampler["inputs"]:
+            add("denoise", sampler_id, "denoise")
+        loader = _checkpoint_loader(graph, sampler_id)
+        if loader:
+            add("checkpoint", loader, "ckpt_name")
+    loaders = sorted(
+        (nid for nid, n in graph.items() if n["class_type"] in IMAGE_LOADER_CLASSES), key=_node_order
+    )
+    if loaders:
+        add("image", loaders[0], "image")
+    return parameters
+
+
+def _node_order(node_id: str) -> tuple[int, str]:
+    return (int(node_id), node_id) if node_id.isdigit() else (1 << 30, node_id)
+
+
+def validate_graph(graph: Any) -> None:
+    if not isinstance(graph, dict) or not graph:
+        raise WorkflowError("it is not a ComfyUI workflow in API format (a map of node ids to nodes)")
+    for node_id, node in graph.items():
+        if not isinstance(node, dict) or "class_type" not in node or not isinstance(node.get("inputs"), dict):
+            raise WorkflowError(
+                f"node {node_id} has no class_type or inputs; export the workflow with “Export (API)”"
+            )
+    if not any(node["class_type"] in SAVE_CLASSES for node in graph.values()):
+        raise WorkflowError("it has no node that saves an output (SaveImage or similar)")
+
+
+def load_workflow(path: Path) -> Workflow:
+    try:
+        graph = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WorkflowError(f"{path.name} cannot be read: {error}") from error
+    meta = _read_sidecar(path)
+    try:
+        validate_graph(graph)
+    except WorkflowError as error:
+        raise WorkflowError(f"{path.name}: {error}") from error
+    return Workflow(
+        name=path.stem,
+        title=meta.get("title") or path.stem.replace("_", " ").replace("-", " ").capitalize(),
+        description=meta.get("description", ""),
+        graph=graph,
+        parameters=map_parameters(graph),
+    )
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The optional `<name>.form.json` beside a workflow: title, description and form overrides."""
+    sidecar = path.with_name(f"{path.stem}.form.json")
+    if not sidecar.exists():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WorkflowError(f"{sidecar.name} cannot be read: {error}") from error
+    if not isinstance(meta, dict):
+        raise WorkflowError(f"{sidecar.name} must hold a JSON object")
+    return meta
+
+
+@cache
+def _registry(directory: Path) -> dict[str, Workflow]:
+    workflows: dict[str, Workflow] = {}
+    for path in sorted(directory.glob("*.json")):
+        if path.name.endswith(".form.json"):
+            continue
+        try:
+            workflows[path.stem] = load_workflow(path)
+        except WorkflowError as error:
+            logger.error("Workflow skipped: %s", error)
+    return workflows
+
+
+def all_workflows() -> dict[str, Workflow]:
+    return _registry(Path(settings.WORKFLOWS_DIR))
+
+
+def get_workflow(name: str) -> Workflow:
+    try:
+        return all_workflows()[name]
+    except KeyError:
+        raise WorkflowError(f"there is no workflow named {name!r}") from None
+
+
+DEFAULT_WORKFLOW = "txt2img"
