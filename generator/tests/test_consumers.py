@@ -23,7 +23,7 @@ def communicator_for(user, path="/ws/jobs/"):
 async def test_anonymous_visitors_are_refused():
     communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=[(b"origin", b"http://127.0.0.1")])
 
-    connected, code = await communicator.connect()
+    connected, _ = await communicator.connect()
 
     assert not connected
     await communicator.disconnect()
