@@ -203,3 +203,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
+
+# Moderation and downloads.
+SHOW_IMAGES_BEFORE_REVIEW = env_bool("SHOW_IMAGES_BEFORE_REVIEW", True)
+DOWNLOAD_KEEPS_WORKFLOW = env_bool("DOWNLOAD_KEEPS_WORKFLOW", False)

@@ -169,6 +169,7 @@ class GeneratedImage(models.Model):
     bytes = models.PositiveBigIntegerField(default=0)
     node_id = models.CharField("ComfyUI node id", max_length=64)
     output_index = models.PositiveIntegerField(default=0)
+    is_favourite = models.BooleanField("favourite", default=False)
     review_status = models.CharField(max_length=16, choices=Review.choices, default=Review.PENDING)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -184,6 +185,11 @@ class GeneratedImage(models.Model):
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="image_owner_created"),
             models.Index(fields=["review_status", "-created_at"], name="image_review_created"),
+            models.Index(
+                fields=["owner", "-created_at"],
+                condition=models.Q(is_favourite=True),
+                name="image_owner_favourites",
+            ),
         ]
 
     def __str__(self) -> str:

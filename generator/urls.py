@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import history, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -9,4 +9,11 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", views.cancel, name="job-cancel"),
     path("media/images/<int:pk>/", views.image_file, name="image-file"),
     path("media/images/<int:pk>/thumbnail/", views.image_thumbnail, name="image-thumbnail"),
+    path("history/", history.history, name="history"),
+    path("history/bulk/", history.bulk_action, name="history-bulk"),
+    path("history/images/<int:pk>/", history.image_detail, name="image-detail"),
+    path("history/images/<int:pk>/favourite/", history.toggle_favourite, name="image-favourite"),
+    path("history/images/<int:pk>/delete/", history.delete_image, name="image-delete"),
+    path("history/images/<int:pk>/download/", history.download_image, name="image-download"),
+    path("staff/overview/", history.staff_overview, name="staff-overview"),
 ]

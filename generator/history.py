@@ -1,0 +1,282 @@
+"""A user's history: the gallery of their images, image details, and what can be done with them.
+
+Pages are keyset-paginated on (created_at, pk) over the owner's index, so the hundredth page
+costs what the first does. Staff may open any image; everybody else only their own, and a
+stranger's image is a 404, never a 403 that would confirm it exists.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.db import transaction
+from django.db.models import Count, Q, QuerySet, Sum
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_GET, require_POST
+
+from .downloads import download_bytes, download_name
+from .models import GeneratedImage, Prompt
+from .workflows import all_workflows
+
+PAGE_SIZE = 40
+S = Prompt.Status
+
+
+class HistoryFilterForm(forms.Form):
+    SHOW_CHOICES = [("images", "Images"), ("failed", "Failed jobs"), ("cancelled", "Cancelled jobs")]
+
+    show = forms.ChoiceField(choices=SHOW_CHOICES, required=False)
+    q = forms.CharField(label="Search prompts", required=False, max_length=200)
+    workflow = forms.ChoiceField(required=False)
+    favourites = forms.BooleanField(label="Favourites only", required=False)
+    since = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["workflow"].choices = [("", "All workflows")] + [
+            (n, w.title) for n, w in all_workflows().items()
+        ]
+
+    def clean_workflow(self) -> str:
+        return self.cleaned_data.get("workflow") or ""
+
+
+def visible_images(user: Any) -> QuerySet[GeneratedImage]:
+    """Images whose bytes `user` may fetch: staff everything; owners theirs, minus rejected ones
+    (and minus unreviewed ones when the site shows images only after approval)."""
+    if user.is_staff:
+        return GeneratedImage.objects.all()
+    images = GeneratedImage.objects.filter(owner=user).exclude(review_status=GeneratedImage.Review.REJECTED)
+    if not settings.SHOW_IMAGES_BEFORE_REVIEW:
+        images = images.filter(review_status=GeneratedImage.Review.APPROVED)
+    return images
+
+
+def _date_bounds(data: dict[str, Any]) -> Q:
+    condition = Q()
+    tz = datetime.UTC
+    if data.get("since"):
+        condition &= Q(created_at__gte=datetime.datetime.combine(data["since"], datetime.time.min, tz))
+    if data.get("until"):
+        condition &= Q(
+            created_at__lt=datetime.datetime.combine(data["until"], datetime.time.min, tz)
+            + datetime.timedelta(days=1)
+        )
+    return condition
+
+
+def _after_cursor(cursor: str | None) -> Q:
+    """Rows strictly older than the cursor `<iso time>_<pk>` (newest first)."""
+    if not cursor or "_" not in cursor:
+        return Q()
+    stamp, _, pk = cursor.rpartition("_")
+    moment = parse_datetime(stamp)
+    if moment is None or not pk.isdigit():
+        return Q()
+    return Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=int(pk))
+
+
+def _cursor_of(row: GeneratedImage | Prompt) -> str:
+    return f"{row.created_at.isoformat()}_{row.pk}"
+
+
+@dataclass
+class HistoryPage:
+    rows: list[Any]
+    next_cursor: str | None
+
+
+def _image_page(user: Any, data: dict[str, Any], cursor: str | None) -> HistoryPage:
+    images = GeneratedImage.objects.filter(owner=user).filter(_date_bounds(data), _after_cursor(cursor))
+    if data.get("favourites"):
+        images = images.filter(is_favourite=True)
+    if data.get("workflow"):
+        images = images.filter(prompt__workflow=data["workflow"])
+    if data.get("q"):
+        images = images.filter(prompt__positive_text__icontains=data["q"])
+    rows = list(images.select_related("prompt").order_by("-created_at", "-pk")[: PAGE_SIZE + 1])
+    return _paged(rows)
+
+
+def _prompt_page(user: Any, status: str, data: dict[str, Any], cursor: str | None) -> HistoryPage:
+    prompts = Prompt.objects.filter(owner=user, status=status).filter(
+        _date_bounds(data), _after_cursor(cursor)
+    )
+    if data.get("workflow"):
+        prompts = prompts.filter(workflow=data["workflow"])
+    if data.get("q"):
+        prompts = prompts.filter(positive_text__icontains=data["q"])
+    rows = list(prompts.order_by("-created_at", "-pk")[: PAGE_SIZE + 1])
+    return _paged(rows)
+
+
+def _paged(rows: list[Any]) -> HistoryPage:
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return HistoryPage(rows, _cursor_of(rows[-1]) if more else None)
+
+
+@require_GET
+def history(request: HttpRequest) -> HttpResponse:
+    form = HistoryFilterForm(request.GET or None)
+    data = form.cleaned_data if form.is_valid() else {}
+    show = data.get("show") or "images"
+    cursor = request.GET.get("cursor")
+    if show == "images":
+        page = _image_page(request.user, data, cursor)
+    else:
+        page = _prompt_page(request.user, show, data, cursor)
+    query = request.GET.copy()
+    query.pop("cursor", None)
+    context = {
+        "form": form,
+        "show": show,
+        "page": page,
+        "query": query.urlencode(),
+        "show_unreviewed": settings.SHOW_IMAGES_BEFORE_REVIEW,
+    }
+    if request.htmx and cursor:
+        return render(request, "generator/partials/history_items.html", context)
+    context["totals"] = GeneratedImage.objects.filter(owner=request.user).aggregate(
+        images=Count("pk"), bytes=Sum("bytes"), favourites=Count("pk", filter=Q(is_favourite=True))
+    )
+    return render(request, "generator/history.html", context)
+
+
+def _own_image(request: HttpRequest, pk: int) -> GeneratedImage:
+    images = (
+        GeneratedImage.objects.all()
+        if request.user.is_staff
+        else GeneratedImage.objects.filter(owner=request.user)
+    )
+    return get_object_or_404(images.select_related("prompt", "prompt__parent", "owner"), pk=pk)
+
+
+@require_GET
+def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    image = _own_image(request, pk)
+    prompt = image.prompt
+    context = {
+        "image": image,
+        "prompt": prompt,
+        "children": list(prompt.children.order_by("created_at")[:50]),
+        "siblings": list(prompt.images.exclude(pk=image.pk).order_by("node_id", "output_index")),
+        "hidden": not visible_images(request.user).filter(pk=image.pk).exists(),
+    }
+    return render(request, "generator/image_detail.html", context)
+
+
+@require_POST
+def toggle_favourite(request: HttpRequest, pk: int) -> HttpResponse:
+    image = _own_image(request, pk)
+    if image.owner_id != request.user.pk:
+        raise Http404
+    image.is_favourite = not image.is_favourite
+    image.save(update_fields=["is_favourite"])
+    return render(request, "generator/partials/favourite_button.html", {"image": image})
+
+
+def delete_images(images: QuerySet[GeneratedImage]) -> int:
+    """Delete images and their files. Files go only once the rows are gone for good."""
+    doomed = list(images)
+    with transaction.atomic():
+        GeneratedImage.objects.filter(pk__in=[i.pk for i in doomed]).delete()
+
+        def remove_files() -> None:
+            for image in doomed:
+                image.file.delete(save=False)
+                if image.thumbnail:
+                    image.thumbnail.delete(save=False)
+
+        transaction.on_commit(remove_files)
+    return len(doomed)
+
+
+@require_POST
+def delete_image(request: HttpRequest, pk: int) -> HttpResponse:
+    image = _own_image(request, pk)
+    if image.owner_id != request.user.pk and not request.user.is_staff:
+        raise Http404
+    delete_images(GeneratedImage.objects.filter(pk=image.pk))
+    messages.success(request, "Image deleted.")
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("history")
+        return response
+    return redirect("history")
+
+
+@require_GET
+def download_image(request: HttpRequest, pk: int) -> HttpResponse:
+    image = get_object_or_404(visible_images(request.user), pk=pk)
+    response = HttpResponse(download_bytes(image), content_type=image.content_type)
+    response["Content-Disposition"] = f'attachment; filename="{download_name(image)}"'
+    return response
+
+
+MAX_BULK = 500
+
+
+@require_POST
+def bulk_action(request: HttpRequest) -> HttpResponse:
+    ids = [int(pk) for pk in request.POST.getlist("images") if pk.isdigit()][:MAX_BULK]
+    images = GeneratedImage.objects.filter(owner=request.user, pk__in=ids)
+    action = request.POST.get("action")
+    if not ids:
+        messages.error(request, "Select some images first.")
+    elif action == "delete":
+        messages.success(request, f"Deleted {delete_images(images)} images.")
+    elif action == "favourite":
+        messages.success(request, f"Marked {images.update(is_favourite=True)} images as favourites.")
+    elif action == "unfavourite":
+        images.update(is_favourite=False)
+    elif action == "zip":
+        return _zip_response(visible_images(request.user).filter(pk__in=ids))
+    return redirect(f"{reverse('history')}?{request.POST.get('query', '')}")
+
+
+def _zip_response(images: QuerySet[GeneratedImage]) -> HttpResponse:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(
+        buffer, "w", compression=zipfile.ZIP_STORED
+    ) as archive:  # images are compressed already
+        for image in images.select_related("prompt"):
+            archive.writestr(download_name(image), download_bytes(image))
+    response = HttpResponse(buffer.getvalue(), content_type="application/zip")
+    response["Content-Disposition"] = 'attachment; filename="comfysite-images.zip"'
+    return response
+
+
+@require_GET
+def staff_overview(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_staff:
+        raise Http404
+    by_status = dict(Prompt.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    by_backend = list(
+        Prompt.objects.exclude(backend="")
+        .values("backend")
+        .annotate(
+            total=Count("pk"),
+            running=Count("pk", filter=Q(status=S.RUNNING)),
+            waiting=Count("pk", filter=Q(status=S.SUBMITTED)),
+            failed=Count("pk", filter=Q(status=S.FAILED)),
+        )
+        .order_by("backend")
+    )
+    context = {
+        "by_status": [(label, by_status.get(value, 0)) for value, label in S.choices],
+        "by_backend": by_backend,
+        "pending_review": GeneratedImage.objects.filter(review_status=GeneratedImage.Review.PENDING).count(),
+    }
+    return render(request, "generator/staff_overview.html", context)
