@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import backends
 from .forms import GenerateForm
+from .history import visible_images
 from .live import BRIDGE_GROUP, load_live_states, queue_positions, render_card
 from .models import GeneratedImage, Prompt
 from .workflows import DEFAULT_WORKFLOW, WorkflowError, all_workflows, get_workflow
@@ -117,12 +118,7 @@ def _wake_bridge() -> None:
 
 
 def _image_for(request: HttpRequest, pk: int) -> GeneratedImage:
-    images = (
-        GeneratedImage.objects.all()
-        if request.user.is_staff
-        else GeneratedImage.objects.filter(owner=request.user)
-    )
-    return get_object_or_404(images, pk=pk)
+    return get_object_or_404(visible_images(request.user), pk=pk)
 
 
 def _private_file(stored: FieldFile, content_type: str) -> HttpResponse:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import factory
 from django.contrib.auth import get_user_model
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from generator.models import GeneratedImage, Prompt
 
@@ -37,14 +41,28 @@ class PromptFactory(factory.django.DjangoModelFactory):
     params = factory.LazyFunction(lambda: {"seed": 42, "steps": 20, "cfg": 7.0})
 
 
+def png_bytes(
+    size: tuple[int, int] = (64, 48), *, prompt_chunk: str = '{"3": {"class_type": "KSampler"}}'
+) -> bytes:
+    """A real PNG with the `prompt` and `workflow` text chunks ComfyUI writes."""
+    image = Image.new("RGB", size, (200, 120, 40))
+    info = PngInfo()
+    info.add_text("prompt", prompt_chunk)
+    info.add_text("workflow", '{"nodes": []}')
+    out = io.BytesIO()
+    image.save(out, "PNG", pnginfo=info)
+    return out.getvalue()
+
+
 class GeneratedImageFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = GeneratedImage
 
     prompt = factory.SubFactory(PromptFactory)
-    file = factory.django.FileField(filename="ComfyUI_00001_.png", data=b"\x89PNG fake")
-    width = 512
-    height = 512
-    bytes = 9
+    file = factory.django.FileField(filename="ComfyUI_00001_.png", data=png_bytes())
+    thumbnail = factory.django.ImageField(filename="thumb.webp", format="WEBP", width=32, height=24)
+    width = 64
+    height = 48
+    bytes = 1000
     node_id = "9"
     output_index = factory.Sequence(int)

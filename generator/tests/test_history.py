@@ -1,0 +1,275 @@
+"""History: a private gallery, image details, favourites, deletion, downloads, and who may see what."""
+
+import io
+import zipfile
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from PIL import Image
+
+from generator.models import GeneratedImage, Prompt
+
+from .factories import GeneratedImageFactory, PromptFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def image(user):
+    return GeneratedImageFactory(
+        prompt=PromptFactory(owner=user, positive_text="a quiet harbour", params={"seed": 7})
+    )
+
+
+# -- the authorization matrix ---------------------------------------------------------------
+
+IMAGE_URLS = [
+    ("GET", "image-file"),
+    ("GET", "image-thumbnail"),
+    ("GET", "image-detail"),
+    ("GET", "image-download"),
+    ("POST", "image-favourite"),
+    ("POST", "image-delete"),
+]
+# Expected status per role: anonymous → log-in page, stranger → 404, owner and staff → allowed.
+EXPECTED = {
+    "anonymous": {"GET": 302, "POST": 302},
+    "other": {"GET": 404, "POST": 404},
+    "owner": {"GET": 200, "POST": (200, 302)},
+    "staff": {"GET": 200, "POST": (200, 302, 404)},
+}
+
+
+@pytest.mark.parametrize(("method", "name"), IMAGE_URLS)
+@pytest.mark.parametrize("role", ["anonymous", "other", "owner", "staff"])
+def test_image_urls_answer_each_role_as_expected(client, image, other_user, staff_user, role, method, name):
+    who = {"owner": image.owner, "other": other_user, "staff": staff_user}.get(role)
+    if who:
+        client.force_login(who)
+    url = reverse(name, args=[image.pk])
+
+    response = client.get(url) if method == "GET" else client.post(url)
+
+    expected = EXPECTED[role][method]
+    assert response.status_code in (expected if isinstance(expected, tuple) else (expected,))
+    if role in ("anonymous", "other"):
+        body = getattr(response, "content", b"")
+        assert not body.startswith(b"\x89PNG")
+        assert GeneratedImage.objects.filter(pk=image.pk).exists()
+
+
+def test_staff_may_favourite_only_their_own_images_but_see_everything(client, image, staff_user):
+    client.force_login(staff_user)
+    assert client.get(reverse("image-file", args=[image.pk])).status_code == 200
+    assert client.post(reverse("image-favourite", args=[image.pk])).status_code == 404
+
+
+def test_the_staff_overview_is_for_staff_only(user_client, client, staff_user):
+    assert user_client.get(reverse("staff-overview")).status_code == 404
+    client.force_login(staff_user)
+    assert client.get(reverse("staff-overview")).status_code == 200
+
+
+# -- the gallery ----------------------------------------------------------------------------
+
+
+def test_history_shows_my_images_newest_first_and_not_anyone_elses(user_client, user, other_user):
+    old = GeneratedImageFactory(prompt=PromptFactory(owner=user, positive_text="old harbour"))
+    new = GeneratedImageFactory(prompt=PromptFactory(owner=user, positive_text="new harbour"))
+    theirs = GeneratedImageFactory(prompt=PromptFactory(owner=other_user, positive_text="their secret"))
+
+    response = user_client.get(reverse("history"))
+
+    ids = [row.pk for row in response.context["page"].rows]
+    assert ids == [new.pk, old.pk]
+    assert theirs.pk not in ids
+    assert "their secret" not in response.text
+    assert "2 images" in response.text
+
+
+def test_history_pages_continue_where_the_last_stopped(user_client, user, settings):
+    images = [GeneratedImageFactory(prompt=PromptFactory(owner=user)) for _ in range(45)]
+
+    first = user_client.get(reverse("history"))
+    cursor = first.context["page"].next_cursor
+    second = user_client.get(reverse("history"), {"cursor": cursor}, HTTP_HX_REQUEST="true")
+
+    seen = [r.pk for r in first.context["page"].rows] + [r.pk for r in second.context["page"].rows]
+    assert seen == [i.pk for i in reversed(images)]
+    assert 'hx-trigger="revealed"' in first.text
+    assert second.context["page"].next_cursor is None
+    assert "<html" not in second.text  # a fragment for htmx to append
+
+
+def test_history_filters_by_search_workflow_and_favourites(user_client, user):
+    fox = GeneratedImageFactory(
+        prompt=PromptFactory(owner=user, positive_text="a red fox"), is_favourite=True
+    )
+    GeneratedImageFactory(prompt=PromptFactory(owner=user, positive_text="a blue whale"))
+
+    by_text = user_client.get(reverse("history"), {"q": "FOX"}).context["page"].rows
+    favourites = user_client.get(reverse("history"), {"favourites": "on"}).context["page"].rows
+
+    assert [r.pk for r in by_text] == [fox.pk]
+    assert [r.pk for r in favourites] == [fox.pk]
+
+
+def test_failed_and_cancelled_jobs_are_listed_with_their_reason(user_client, user):
+    prompt = PromptFactory(owner=user)
+    prompt.transition_to(Prompt.Status.FAILED, error="KSampler failed: out of memory")
+
+    response = user_client.get(reverse("history"), {"show": "failed"})
+
+    assert "KSampler failed: out of memory" in response.text
+    assert f'id="prompt-{prompt.pk}"' in response.text
+
+
+def test_the_history_page_runs_a_fixed_number_of_queries(user_client, user):
+    for _ in range(3):
+        GeneratedImageFactory(prompt=PromptFactory(owner=user))
+    with CaptureQueriesContext(connection) as few:
+        user_client.get(reverse("history"))
+    for _ in range(40):
+        GeneratedImageFactory(prompt=PromptFactory(owner=user))
+    with CaptureQueriesContext(connection) as many:
+        user_client.get(reverse("history"))
+
+    assert len(many) == len(few)
+
+
+# -- one image ------------------------------------------------------------------------------
+
+
+def test_the_detail_page_shows_the_prompt_and_every_parameter(user_client, image):
+    response = user_client.get(reverse("image-detail", args=[image.pk]))
+
+    assert "a quiet harbour" in response.text
+    assert "seed" in response.text
+    assert reverse("image-file", args=[image.pk]) in response.text
+
+
+def test_favourite_toggles(user_client, image):
+    url = reverse("image-favourite", args=[image.pk])
+
+    assert "★ Favourite" in user_client.post(url, HTTP_HX_REQUEST="true").text
+    image.refresh_from_db()
+    assert image.is_favourite
+    user_client.post(url)
+    image.refresh_from_db()
+    assert not image.is_favourite
+
+
+def test_deleting_an_image_removes_its_files(user_client, image, django_capture_on_commit_callbacks):
+    storage = image.file.storage
+    paths = [image.file.name, image.thumbnail.name]
+    assert all(storage.exists(p) for p in paths)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = user_client.post(reverse("image-delete", args=[image.pk]))
+
+    assert response.status_code == 302
+    assert not GeneratedImage.objects.filter(pk=image.pk).exists()
+    assert not any(storage.exists(p) for p in paths)
+
+
+def test_downloads_drop_the_workflow_graph_and_keep_readable_parameters(user_client, image):
+    response = user_client.get(reverse("image-download", args=[image.pk]))
+
+    downloaded = Image.open(io.BytesIO(response.content))
+    assert "prompt" not in downloaded.text
+    assert "workflow" not in downloaded.text
+    assert "a quiet harbour" in downloaded.text["parameters"]
+    assert "seed: 7" in downloaded.text["parameters"]
+    with image.file.open("rb") as stored:
+        assert Image.open(stored).text["prompt"]  # the stored file keeps its bytes
+    assert response["Content-Disposition"].startswith("attachment;")
+
+
+def test_downloads_keep_the_graph_when_the_site_says_so(user_client, image, settings):
+    settings.DOWNLOAD_KEEPS_WORKFLOW = True
+    response = user_client.get(reverse("image-download", args=[image.pk]))
+    with image.file.open("rb") as stored:
+        assert response.content == stored.read()
+
+
+def test_bulk_zip_download_holds_the_selected_images(user_client, user):
+    chosen = [GeneratedImageFactory(prompt=PromptFactory(owner=user)) for _ in range(2)]
+    GeneratedImageFactory(prompt=PromptFactory(owner=user))
+
+    response = user_client.post(reverse("history-bulk"), {"action": "zip", "images": [i.pk for i in chosen]})
+
+    names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
+    assert len(names) == 2
+
+
+def test_bulk_delete_touches_only_my_images(user_client, user, other_user):
+    mine = GeneratedImageFactory(prompt=PromptFactory(owner=user))
+    theirs = GeneratedImageFactory(prompt=PromptFactory(owner=other_user))
+
+    user_client.post(reverse("history-bulk"), {"action": "delete", "images": [mine.pk, theirs.pk]})
+
+    assert not GeneratedImage.objects.filter(pk=mine.pk).exists()
+    assert GeneratedImage.objects.filter(pk=theirs.pk).exists()
+
+
+# -- moderation -----------------------------------------------------------------------------
+
+
+def test_rejected_images_are_hidden_from_their_owner_with_a_note(user_client, image):
+    image.review_status = GeneratedImage.Review.REJECTED
+    image.save()
+
+    assert user_client.get(reverse("image-file", args=[image.pk])).status_code == 404
+    assert "Removed by a moderator" in user_client.get(reverse("history")).text
+    assert "removed by a moderator" in user_client.get(reverse("image-detail", args=[image.pk])).text
+
+
+def test_unreviewed_images_wait_for_approval_when_the_site_says_so(user_client, image, settings):
+    settings.SHOW_IMAGES_BEFORE_REVIEW = False
+    assert user_client.get(reverse("image-file", args=[image.pk])).status_code == 404
+
+    image.review_status = GeneratedImage.Review.APPROVED
+    image.save()
+    assert user_client.get(reverse("image-file", args=[image.pk])).status_code == 200
+
+
+def test_admin_bulk_approve_marks_the_reviewer(client, staff_user, image):
+    client.force_login(staff_user)
+
+    response = client.post(
+        reverse("admin:generator_generatedimage_changelist"),
+        {"action": "approve", "_selected_action": [image.pk]},
+        follow=True,
+    )
+
+    image.refresh_from_db()
+    assert response.status_code == 200
+    assert image.review_status == GeneratedImage.Review.APPROVED
+    assert image.reviewed_by == staff_user
+
+
+def test_admin_image_list_and_detail_render_with_thumbnails(client, staff_user, image):
+    client.force_login(staff_user)
+
+    listing = client.get(reverse("admin:generator_generatedimage_changelist"))
+    detail = client.get(reverse("admin:generator_generatedimage_change", args=[image.pk]))
+
+    assert reverse("image-thumbnail", args=[image.pk]) in listing.text
+    assert "a quiet harbour" in detail.text
+
+
+def test_admin_retry_queues_failed_prompts_again(client, staff_user, user):
+    failed = PromptFactory(owner=user)
+    failed.transition_to(Prompt.Status.FAILED, error="boom")
+    client.force_login(staff_user)
+
+    client.post(
+        reverse("admin:generator_prompt_changelist"),
+        {"action": "retry_failed", "_selected_action": [failed.pk]},
+    )
+
+    retry = Prompt.objects.exclude(pk=failed.pk).get()
+    assert retry.status == Prompt.Status.QUEUED
+    assert retry.positive_text == failed.positive_text
