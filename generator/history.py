@@ -17,7 +17,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -26,6 +26,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from .downloads import download_bytes, download_name
 from .models import GeneratedImage, Prompt
+from .stats import forget_user_totals, user_totals
 from .workflows import all_workflows
 
 PAGE_SIZE = 40
@@ -148,9 +149,7 @@ def history(request: HttpRequest) -> HttpResponse:
     }
     if request.htmx and cursor:
         return render(request, "generator/partials/history_items.html", context)
-    context["totals"] = GeneratedImage.objects.filter(owner=request.user).aggregate(
-        images=Count("pk"), bytes=Sum("bytes"), favourites=Count("pk", filter=Q(is_favourite=True))
-    )
+    context["totals"] = user_totals(request.user.pk)
     return render(request, "generator/history.html", context)
 
 
@@ -239,8 +238,7 @@ def bulk_action(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"Deleted {delete_images(images)} images.")
     elif action == "favourite":
         messages.success(request, f"Marked {images.update(is_favourite=True)} images as favourites.")
-    elif action == "unfavourite":
-        images.update(is_favourite=False)
+        forget_user_totals(request.user.pk)
     elif action == "zip":
         return _zip_response(visible_images(request.user).filter(pk__in=ids))
     return redirect(f"{reverse('history')}?{request.POST.get('query', '')}")

@@ -273,3 +273,27 @@ def test_admin_retry_queues_failed_prompts_again(client, staff_user, user):
     retry = Prompt.objects.exclude(pk=failed.pk).get()
     assert retry.status == Prompt.Status.QUEUED
     assert retry.positive_text == failed.positive_text
+
+
+def test_with_100000_images_first_and_later_pages_run_the_same_few_queries(client):
+    from .bulk import fill_history
+
+    owner = fill_history(users=100, images_for_first=100_000)[0]
+    client.force_login(owner)
+    with CaptureQueriesContext(connection) as first_page:
+        first = client.get(reverse("history"))
+    cursor = first.context["page"].next_cursor
+    for _ in range(3):  # walk a few pages in, as scrolling does
+        cursor = (
+            client.get(reverse("history"), {"cursor": cursor}, HTTP_HX_REQUEST="true")
+            .context["page"]
+            .next_cursor
+        )
+    with CaptureQueriesContext(connection) as later_page:
+        later = client.get(reverse("history"), {"cursor": cursor}, HTTP_HX_REQUEST="true")
+
+    assert len(first.context["page"].rows) == len(later.context["page"].rows) == 40
+    # session + user + page of images (with their prompts) + totals; the later fragment skips totals
+    assert len(first_page) <= 5, [q["sql"] for q in first_page]
+    assert len(later_page) <= 4, [q["sql"] for q in later_page]
+    assert "100000 images" in first.text
