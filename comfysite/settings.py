@@ -207,3 +207,8 @@ LOGGING = {
 # Moderation and downloads.
 SHOW_IMAGES_BEFORE_REVIEW = env_bool("SHOW_IMAGES_BEFORE_REVIEW", True)
 DOWNLOAD_KEEPS_WORKFLOW = env_bool("DOWNLOAD_KEEPS_WORKFLOW", False)
+
+# Images users upload for image-to-image and upscaling.
+MAX_UPLOAD_BYTES = int(os.environ.get("MAX_UPLOAD_BYTES", str(10 * 1024 * 1024)))
+MAX_UPLOAD_PIXELS = int(os.environ.get("MAX_UPLOAD_PIXELS", str(4096 * 4096)))
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

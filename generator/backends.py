@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .models import Backend
+from .workflows import Workflow
 
 BUNDLED_OBJECT_INFO = Path(__file__).resolve().parent / "comfy" / "data" / "object_info.json"
 
@@ -50,3 +51,17 @@ def object_info() -> dict[str, Any]:
         if backend.object_info:
             return backend.object_info
     return bundled_object_info()
+
+
+def workflow_problems(workflow: Workflow) -> list[str]:
+    """Why `workflow` cannot run on the backends we know ([] when it can, or when none is known)."""
+    known = [b for b in Backend.objects.order_by("-online", "-checked_at") if b.node_classes]
+    if not known:
+        return []
+    best: list[str] | None = None
+    for backend in known:
+        problems = workflow.problems_on(set(backend.node_classes), backend.object_info)
+        if not problems:
+            return []
+        best = problems if best is None else best
+    return best or []

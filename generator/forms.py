@@ -7,7 +7,9 @@ from typing import Any
 
 from django import forms
 
-from .workflows import Workflow
+from .models import GeneratedImage, Prompt
+from .uploads import reencoded_image
+from .workflows import Parameter, Workflow
 
 MAX_SEED = 2**53 - 1  # what a browser's number input holds exactly
 SIZE_PRESETS = [
@@ -26,18 +28,6 @@ SITE_LIMITS = {
     "height": (64, 2048),
     "batch_size": (1, 8),
     "denoise": (0.0, 1.0),
-}
-LABELS = {
-    "prompt": "Prompt",
-    "negative_prompt": "Negative prompt",
-    "seed": "Seed",
-    "steps": "Steps",
-    "cfg": "CFG scale",
-    "sampler": "Sampler",
-    "scheduler": "Scheduler",
-    "checkpoint": "Model",
-    "batch_size": "Images",
-    "denoise": "Denoise",
 }
 HELP = {
     "seed": "Leave empty for a random seed; the seed used is kept with the job.",
@@ -70,15 +60,28 @@ def _bounded(name: str, low: Any, high: Any) -> tuple[Any, Any]:
 class GenerateForm(forms.Form):
     """Fields appear only for parameters the workflow has; choices and ranges come from ComfyUI."""
 
-    def __init__(self, *args: Any, workflow: Workflow, object_info: dict[str, Any], **kwargs: Any) -> None:
+    source_image = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    parent = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+    def __init__(
+        self, *args: Any, workflow: Workflow, object_info: dict[str, Any], user: Any = None, **kwargs: Any
+    ) -> None:
         self.workflow = workflow
+        self.user = user
         # The workflow's own prompt text is an example, not a value: it shows as a placeholder.
         initial = {**workflow.defaults(), "seed": None, "prompt": "", **kwargs.pop("initial", {})}
         super().__init__(*args, initial=initial, **kwargs)
-        params = workflow.parameters
+        params = workflow.visible_parameters
+        if workflow.takes_image:
+            self.fields["image"] = forms.ImageField(
+                label="Image to start from",
+                required=False,
+                help_text="PNG, JPEG or WebP. Or use Refine on one of your images.",
+                widget=forms.ClearableFileInput(attrs={"accept": "image/png,image/jpeg,image/webp"}),
+            )
         if "prompt" in params:
             self.fields["prompt"] = forms.CharField(
-                label=LABELS["prompt"],
+                label=params["prompt"].label,
                 max_length=4000,
                 widget=forms.Textarea(
                     attrs={
@@ -89,7 +92,7 @@ class GenerateForm(forms.Form):
             )
         if "negative_prompt" in params:
             self.fields["negative_prompt"] = forms.CharField(
-                label=LABELS["negative_prompt"],
+                label=params["negative_prompt"].label,
                 max_length=4000,
                 required=False,
                 help_text=HELP["negative_prompt"],
@@ -102,45 +105,70 @@ class GenerateForm(forms.Form):
         for name, parameter in params.items():
             if name in self.fields or name in {"prompt", "negative_prompt", "image"}:
                 continue
-            field = self._field_for(name, parameter.node_id, parameter.input_name, object_info)
+            field = self._field_for(parameter, object_info)
             if field is not None:
                 self.fields[name] = field
 
-    def _field_for(
-        self, name: str, node_id: str, input_name: str, object_info: dict[str, Any]
-    ) -> forms.Field | None:
-        class_type = self.workflow.graph[node_id]["class_type"]
-        kind, options = input_spec(object_info, class_type, input_name)
-        label = LABELS.get(name, name.replace("_", " ").capitalize())
+    def _field_for(self, parameter: Parameter, object_info: dict[str, Any]) -> forms.Field | None:
+        name = parameter.name
+        class_type = self.workflow.graph[parameter.node_id]["class_type"]
+        kind, options = input_spec(object_info, class_type, parameter.input_name)
+        label = parameter.label
+        help_text = parameter.help or HELP.get(name, "")
+        if parameter.choices is not None:
+            allowed = kind if isinstance(kind, list) else list(parameter.choices)
+            kind = [choice for choice in allowed if choice in parameter.choices]
         if name == "seed":
             return forms.IntegerField(
                 label=label,
                 required=False,
                 min_value=0,
                 max_value=MAX_SEED,
-                help_text=HELP["seed"],
+                help_text=help_text,
                 widget=forms.NumberInput(attrs={"placeholder": "random"}),
             )
         if isinstance(kind, list):
             choices = [(choice, choice) for choice in kind if isinstance(choice, str)]
-            return forms.ChoiceField(label=label, choices=choices)
+            return forms.ChoiceField(label=label, choices=choices, help_text=help_text)
         if kind in {"INT", "FLOAT"}:
             low, high = _bounded(name, options.get("min"), options.get("max"))
+            low = parameter.minimum if parameter.minimum is not None else low
+            high = parameter.maximum if parameter.maximum is not None else high
             field_class = forms.IntegerField if kind == "INT" else forms.FloatField
             step = options.get("step", 1 if kind == "INT" else 0.1)
             return field_class(
                 label=label,
                 min_value=low,
                 max_value=high,
-                help_text=HELP.get(name, ""),
+                help_text=help_text,
                 widget=forms.NumberInput(attrs={"step": step}),
             )
         if kind == "STRING":
-            return forms.CharField(label=label, max_length=4000)
+            return forms.CharField(label=label, max_length=4000, help_text=help_text)
         return None
+
+    def clean_source_image(self) -> GeneratedImage | None:
+        pk = self.cleaned_data.get("source_image")
+        if pk is None:
+            return None
+        image = GeneratedImage.objects.filter(pk=pk, owner=self.user).first()
+        if image is None:
+            raise forms.ValidationError("That image is not one of yours.")
+        return image
+
+    def clean_parent(self) -> Prompt | None:
+        pk = self.cleaned_data.get("parent")
+        return Prompt.objects.filter(pk=pk, owner=self.user).first() if pk else None
+
+    def clean_image(self) -> bytes | None:
+        upload = self.cleaned_data.get("image")
+        return reencoded_image(upload) if upload else None
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        if self.workflow.takes_image and not data.get("image") and not data.get("source_image"):
+            if "image" not in self.errors and "source_image" not in self.errors:
+                self.add_error("image", "Choose an image to start from.")
         size = data.get("size")
         if size and size != "custom":
             width, height = (int(part) for part in size.split("x"))
@@ -153,7 +181,11 @@ class GenerateForm(forms.Form):
 
     def job_values(self) -> dict[str, Any]:
         """The parameters to store with the job: every exposed value, the seed drawn if empty."""
-        values = {name: value for name, value in self.cleaned_data.items() if name != "size"}
+        values = {
+            name: value
+            for name, value in self.cleaned_data.items()
+            if name not in {"size", "image", "source_image", "parent"}
+        }
         if "seed" in self.fields and values.get("seed") is None:
             values["seed"] = secrets.randbelow(MAX_SEED)
         return values

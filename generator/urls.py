@@ -5,6 +5,7 @@ from . import history, views
 urlpatterns = [
     path("", views.home, name="home"),
     path("generate/", views.generate, name="generate"),
+    path("generate/form/", views.generate_form, name="generate-form"),
     path("jobs/<int:pk>/", views.job_card, name="job-card"),
     path("jobs/<int:pk>/cancel/", views.cancel, name="job-cancel"),
     path("media/images/<int:pk>/", views.image_file, name="image-file"),

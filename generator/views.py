@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.core.files.base import ContentFile
 from django.db.models import Prefetch
 from django.db.models.fields.files import FieldFile
 from django.http import Http404, HttpRequest, HttpResponse
@@ -16,26 +19,64 @@ from .forms import GenerateForm
 from .history import visible_images
 from .live import BRIDGE_GROUP, load_live_states, queue_positions, render_card
 from .models import GeneratedImage, Prompt
-from .workflows import DEFAULT_WORKFLOW, WorkflowError, all_workflows, get_workflow
+from .workflows import DEFAULT_WORKFLOW, Workflow, WorkflowError, all_workflows, get_workflow
 
 RECENT_JOBS = 20
+REFINE_WORKFLOW = "img2img"
 
 
-def _workflow_from(request: HttpRequest):
-    name = request.POST.get("workflow") or request.GET.get("workflow") or DEFAULT_WORKFLOW
+def _workflow_from(request: HttpRequest, default: str = DEFAULT_WORKFLOW) -> Workflow:
+    name = request.POST.get("workflow") or request.GET.get("workflow") or default
     try:
         return get_workflow(name)
     except WorkflowError:
         raise Http404("No such workflow") from None
 
 
-def _form(request: HttpRequest, workflow, data=None) -> GenerateForm:
-    return GenerateForm(data, workflow=workflow, object_info=backends.object_info())
+def _form(request: HttpRequest, workflow: Workflow, data=None, files=None, initial=None) -> GenerateForm:
+    return GenerateForm(
+        data,
+        files,
+        workflow=workflow,
+        object_info=backends.object_info(),
+        user=request.user,
+        initial=initial or {},
+    )
+
+
+def _form_context(request: HttpRequest, workflow: Workflow, form: GenerateForm) -> dict[str, Any]:
+    source = form["source_image"].value()
+    source_image = (
+        visible_images(request.user).filter(pk=source).first() if str(source or "").isdigit() else None
+    )
+    return {
+        "form": form,
+        "workflow": workflow,
+        "workflows": [(w, backends.workflow_problems(w)) for w in all_workflows().values()],
+        "problems": backends.workflow_problems(workflow),
+        "source_preview": source_image,
+    }
+
+
+def _initial_from_history(request: HttpRequest) -> tuple[str, dict[str, Any]]:
+    """?reuse=<job> fills the form with a job's settings; ?refine=<image> starts image-to-image."""
+    reuse, refine = request.GET.get("reuse", ""), request.GET.get("refine", "")
+    if reuse.isdigit():
+        prompt = get_object_or_404(Prompt, pk=reuse, owner=request.user)
+        initial = {**prompt.params, "prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
+        return prompt.workflow, {**initial, "parent": prompt.pk}
+    if refine.isdigit():
+        image = get_object_or_404(visible_images(request.user).select_related("prompt"), pk=refine)
+        prompt = image.prompt
+        initial = {"prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
+        return REFINE_WORKFLOW, {**initial, "source_image": image.pk, "parent": prompt.pk}
+    return DEFAULT_WORKFLOW, {}
 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    workflow = _workflow_from(request)
+    default, initial = _initial_from_history(request)
+    workflow = _workflow_from(request, default)
     prompts = list(
         Prompt.objects.filter(owner=request.user).prefetch_related(
             Prefetch("images", queryset=GeneratedImage.objects.order_by("node_id", "output_index"))
@@ -44,41 +85,61 @@ def home(request: HttpRequest) -> HttpResponse:
     positions = queue_positions(prompts)
     lives = load_live_states([p.pk for p in prompts if not p.is_final])
     cards = [render_card(p, live=lives.get(p.pk), position=positions.get(p.pk)) for p in prompts]
+    context = _form_context(request, workflow, _form(request, workflow, initial=initial))
+    return render(request, "generator/home.html", {**context, "cards": cards})
+
+
+@require_GET
+def generate_form(request: HttpRequest) -> HttpResponse:
+    """The form for another workflow, swapped in when the user picks one."""
+    workflow = _workflow_from(request)
     return render(
         request,
-        "generator/home.html",
-        {
-            "form": _form(request, workflow),
-            "workflow": workflow,
-            "workflows": all_workflows(),
-            "cards": cards,
-        },
+        "generator/partials/generate_form.html",
+        _form_context(request, workflow, _form(request, workflow)),
     )
 
 
 @require_POST
 def generate(request: HttpRequest) -> HttpResponse:
     workflow = _workflow_from(request)
-    form = _form(request, workflow, request.POST)
-    if not form.is_valid():
+    form = _form(request, workflow, request.POST, request.FILES)
+    problems = backends.workflow_problems(workflow)
+    if problems:
+        form.add_error(None, f"{workflow.title} cannot run here: {'; '.join(problems)}.")
+    if problems or not form.is_valid():
         response = render(
-            request, "generator/partials/generate_form.html", {"form": form, "workflow": workflow}
+            request, "generator/partials/generate_form.html", _form_context(request, workflow, form)
         )
         # htmx swaps the form in place of itself, not a new card into the list.
         response["HX-Retarget"] = "#generate-form"
         response["HX-Reswap"] = "outerHTML"
         return response
+    prompt = _create_prompt(request, workflow, form)
+    _wake_bridge()
+    positions = queue_positions([prompt])
+    return HttpResponse(render_card(prompt, position=positions.get(prompt.pk)))
+
+
+def _create_prompt(request: HttpRequest, workflow: Workflow, form: GenerateForm) -> Prompt:
     values = form.job_values()
-    prompt = Prompt.objects.create(
+    prompt = Prompt(
         owner=request.user,
         workflow=workflow.name,
         positive_text=values.pop("prompt", ""),
         negative_text=values.pop("negative_prompt", ""),
         params=values,
+        parent=form.cleaned_data.get("parent") or None,
     )
-    _wake_bridge()
-    positions = queue_positions([prompt])
-    return HttpResponse(render_card(prompt, position=positions.get(prompt.pk)))
+    source: GeneratedImage | None = form.cleaned_data.get("source_image")
+    if form.cleaned_data.get("image"):
+        prompt.source_image.save("upload.png", ContentFile(form.cleaned_data["image"]), save=False)
+    elif source is not None:
+        with source.file.open("rb") as handle:
+            prompt.source_image.save(f"refine-{source.pk}.png", ContentFile(handle.read()), save=False)
+        prompt.parent = prompt.parent or source.prompt
+    prompt.save()
+    return prompt
 
 
 @require_GET

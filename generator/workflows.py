@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass, field
-from functools import cache
+import os
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,22 @@ class WorkflowError(ValueError):
 
 @dataclass(frozen=True)
 class Parameter:
-    """One value of a workflow that a user may set: where it goes in the graph."""
+    """One value of a workflow that a user may set: where it goes in the graph.
+
+    `minimum`, `maximum` and `choices` narrow what ComfyUI's /object_info allows (from the
+    workflow's sidecar file); `hidden` parameters are fixed to their default and not shown.
+    """
 
     name: str
     node_id: str
     input_name: str
     label: str
     default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+    help: str = ""
+    hidden: bool = False
 
 
 @dataclass
@@ -78,6 +88,37 @@ class Workflow:
     def defaults(self) -> dict[str, Any]:
         return {name: parameter.default for name, parameter in self.parameters.items()}
 
+    @property
+    def visible_parameters(self) -> dict[str, Parameter]:
+        return {name: p for name, p in self.parameters.items() if not p.hidden}
+
+    @property
+    def takes_image(self) -> bool:
+        return "image" in self.parameters
+
+    def problems_on(self, node_classes: set[str], object_info: dict[str, Any]) -> list[str]:
+        """Why this workflow cannot run on a backend with these nodes and models ([] if it can)."""
+        missing = sorted(self.node_classes - node_classes)
+        if missing:
+            return [f"this ComfyUI lacks the node{'s' if len(missing) > 1 else ''} {', '.join(missing)}"]
+        exposed = {(p.node_id, p.input_name) for p in self.parameters.values() if not p.hidden}
+        problems = []
+        for node_id, node in self.graph.items():
+            spec = object_info.get(node["class_type"], {}).get("input", {})
+            for input_name, value in node["inputs"].items():
+                if node["class_type"] in IMAGE_LOADER_CLASSES or isinstance(value, list):
+                    continue  # images are uploaded per job; lists are links
+                choices = _combo_choices(spec, input_name)
+                if choices is None:
+                    continue
+                if (node_id, input_name) in exposed and choices:
+                    continue
+                if value not in choices:
+                    problems.append(
+                        f"{self.node_title(node_id)} needs {value!r}, which this ComfyUI does not have"
+                    )
+        return problems
+
     def fill(self, values: dict[str, Any], *, filename_prefix: str) -> dict[str, Any]:
         """The graph to send to ComfyUI: a copy with `values` and our file name prefix set."""
         graph = copy.deepcopy(self.graph)
@@ -88,6 +129,16 @@ class Workflow:
         for node_id in self.save_nodes:
             graph[node_id]["inputs"]["filename_prefix"] = filename_prefix
         return graph
+
+
+def _combo_choices(spec: dict[str, Any], input_name: str) -> list[Any] | None:
+    for section in ("required", "optional"):
+        declared = spec.get(section, {}).get(input_name)
+        if declared and isinstance(declared[0], list):
+            return declared[0]
+        if declared and declared[0] == "COMBO" and len(declared) > 1:
+            return list(declared[1].get("options", []))
+    return None
 
 
 def _linked_node(graph: dict[str, Any], node: dict[str, Any], input_name: str) -> tuple[str, dict] | None:
@@ -126,6 +177,45 @@ def _checkpoint_loader(graph: dict[str, Any], sampler_id: str) -> str | None:
     return None
 
 
+# What each parameter is called on the form when its node keeps the title ComfyUI gave it.
+FRIENDLY_LABELS = {
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "seed": "Seed",
+    "steps": "Steps",
+    "cfg": "CFG scale",
+    "sampler": "Sampler",
+    "scheduler": "Scheduler",
+    "width": "Width",
+    "height": "Height",
+    "batch_size": "Images",
+    "checkpoint": "Model",
+    "denoise": "Denoise",
+    "image": "Image",
+}
+SINGLE_VALUE_PARAMETERS = {"prompt", "negative_prompt", "checkpoint", "image"}
+
+
+def field_label(node: dict[str, Any], name: str) -> str:
+    """A node's own title labels its field when someone gave it one (“Style”, “Main sampler”)."""
+    friendly = FRIENDLY_LABELS.get(name, name.replace("_", " ").capitalize())
+    title = (node.get("_meta") or {}).get("title", "")
+    if not title or title == node["class_type"] or title in DEFAULT_TITLES.get(node["class_type"], ()):
+        return friendly
+    return title if name in SINGLE_VALUE_PARAMETERS else f"{title}: {friendly.lower()}"
+
+
+# ComfyUI's default node titles: these say nothing about what a field is for.
+DEFAULT_TITLES = {
+    "CheckpointLoaderSimple": ("Load Checkpoint",),
+    "CLIPTextEncode": ("CLIP Text Encode (Prompt)",),
+    "EmptyLatentImage": ("Empty Latent Image",),
+    "KSampler": ("KSampler",),
+    "KSamplerAdvanced": ("KSampler (Advanced)",),
+    "LoadImage": ("Load Image",),
+}
+
+
 def map_parameters(graph: dict[str, Any]) -> dict[str, Parameter]:
     """Find the user-settable parameters of an API-format graph."""
     parameters: dict[str, Parameter] = {}
@@ -135,8 +225,7 @@ def map_parameters(graph: dict[str, Any]) -> dict[str, Parameter]:
         default = node["inputs"].get(input_name)
         if isinstance(default, list):  # a link, not a value
             return
-        label = node.get("_meta", {}).get("title") or node["class_type"]
-        parameters[name] = Parameter(name, node_id, input_name, label, default)
+        parameters[name] = Parameter(name, node_id, input_name, field_label(node, name), default)
 
     samplers = sorted(
         (nid for nid, n in graph.items() if n["class_type"] in SAMPLER_CLASSES), key=_node_order
@@ -200,8 +289,58 @@ def load_workflow(path: Path) -> Workflow:
         title=meta.get("title") or path.stem.replace("_", " ").replace("-", " ").capitalize(),
         description=meta.get("description", ""),
         graph=graph,
-        parameters=map_parameters(graph),
+        parameters=apply_sidecar(graph, map_parameters(graph), meta, path.name),
     )
+
+
+SIDECAR_FIELD_KEYS = {
+    "label": "label",
+    "default": "default",
+    "min": "minimum",
+    "max": "maximum",
+    "help": "help",
+}
+
+
+def apply_sidecar(
+    graph: dict[str, Any], parameters: dict[str, Parameter], meta: dict[str, Any], filename: str
+) -> dict[str, Parameter]:
+    """Overrides from `<name>.form.json`:
+
+    - `inputs`: expose any other node input, `{"scale": {"node": "2", "input": "scale_by", "label": "Scale"}}`
+    - `fields`: per parameter `label`, `default`, `min`, `max`, `choices`, `help`
+    - `hidden`: parameters fixed to a value and not shown, `{"sampler": "euler"}`
+    - `order`: the parameters to show, in this order (the others are hidden at their defaults)
+    """
+    parameters = dict(parameters)
+    for name, where in meta.get("inputs", {}).items():
+        node = graph.get(str(where.get("node")))
+        if node is None or where.get("input") not in node["inputs"]:
+            raise WorkflowError(
+                f"{filename}: input {name!r} names node {where.get('node')!r} / {where.get('input')!r}, which the workflow lacks"
+            )
+        parameters[name] = Parameter(
+            name, str(where["node"]), where["input"], where.get("label", name), node["inputs"][where["input"]]
+        )
+    for name, overrides in meta.get("fields", {}).items():
+        if name not in parameters:
+            raise WorkflowError(f"{filename}: field {name!r} is not a parameter of the workflow")
+        changes = {SIDECAR_FIELD_KEYS[k]: v for k, v in overrides.items() if k in SIDECAR_FIELD_KEYS}
+        if "choices" in overrides:
+            changes["choices"] = tuple(overrides["choices"])
+        parameters[name] = replace(parameters[name], **changes)
+    for name, value in meta.get("hidden", {}).items():
+        if name in parameters:
+            parameters[name] = replace(parameters[name], default=value, hidden=True)
+    order = meta.get("order")
+    if order:
+        unknown = [name for name in order if name not in parameters]
+        if unknown:
+            raise WorkflowError(f"{filename}: order names unknown parameters {unknown}")
+        shown = {name: parameters[name] for name in order}
+        rest = {name: replace(p, hidden=True) for name, p in parameters.items() if name not in shown}
+        parameters = {**shown, **rest}
+    return parameters
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
@@ -218,21 +357,45 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return meta
 
 
-@cache
-def _registry(directory: Path) -> dict[str, Workflow]:
+@dataclass(frozen=True)
+class Registry:
+    workflows: dict[str, Workflow]
+    problems: dict[str, str]  # file name → why it was skipped
+
+
+def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and times of the workflow files: reload when any of them changes."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except FileNotFoundError:
+        return ()
+    return tuple(
+        (e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.name.endswith(".json")
+    )
+
+
+@lru_cache(maxsize=4)
+def _load_registry(directory: Path, signature: tuple) -> Registry:
     workflows: dict[str, Workflow] = {}
+    problems: dict[str, str] = {}
     for path in sorted(directory.glob("*.json")):
         if path.name.endswith(".form.json"):
             continue
         try:
             workflows[path.stem] = load_workflow(path)
         except WorkflowError as error:
-            logger.error("Workflow skipped: %s", error)
-    return workflows
+            problems[path.name] = str(error)
+            logger.error("Workflow %s skipped: %s", path.name, error)
+    return Registry(workflows, problems)
+
+
+def registry() -> Registry:
+    directory = Path(settings.WORKFLOWS_DIR)
+    return _load_registry(directory, _signature(directory))
 
 
 def all_workflows() -> dict[str, Workflow]:
-    return _registry(Path(settings.WORKFLOWS_DIR))
+    return registry().workflows
 
 
 def get_workflow(name: str) -> Workflow:

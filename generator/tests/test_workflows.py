@@ -31,7 +31,7 @@ def test_the_default_text_to_image_graph_maps_every_parameter_to_its_node():
         "batch_size": ("5", "batch_size"),
         "checkpoint": ("4", "ckpt_name"),
     }
-    assert params["checkpoint"].label == "Load Checkpoint"
+    assert params["checkpoint"].label == "Model"
 
 
 def test_image_to_image_exposes_the_input_image_and_denoise_instead_of_a_size():
