@@ -166,9 +166,9 @@ class GenerateForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        if self.workflow.takes_image and not data.get("image") and not data.get("source_image"):
-            if "image" not in self.errors and "source_image" not in self.errors:
-                self.add_error("image", "Choose an image to start from.")
+        image_errors = {"image", "source_image"} & set(self.errors)
+        if self.workflow.takes_image and not (data.get("image") or data.get("source_image") or image_errors):
+            self.add_error("image", "Choose an image to start from.")
         size = data.get("size")
         if size and size != "custom":
             width, height = (int(part) for part in size.split("x"))

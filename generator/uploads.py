@@ -26,7 +26,8 @@ def reencoded_image(upload: UploadedFile) -> bytes:
     """PNG bytes of the uploaded image, or a ValidationError that says what is wrong."""
     if upload.size and upload.size > settings.MAX_UPLOAD_BYTES:
         raise ValidationError(
-            f"This file is {_megabytes(upload.size)}; images may be at most {_megabytes(settings.MAX_UPLOAD_BYTES)}.",
+            f"This file is {_megabytes(upload.size)}; "
+            f"images may be at most {_megabytes(settings.MAX_UPLOAD_BYTES)}.",
             code="too_large",
         )
     upload.seek(0)

@@ -317,7 +317,8 @@ def apply_sidecar(
         node = graph.get(str(where.get("node")))
         if node is None or where.get("input") not in node["inputs"]:
             raise WorkflowError(
-                f"{filename}: input {name!r} names node {where.get('node')!r} / {where.get('input')!r}, which the workflow lacks"
+                f"{filename}: input {name!r} names node {where.get('node')!r} / {where.get('input')!r}, "
+                "which the workflow lacks"
             )
         parameters[name] = Parameter(
             name, str(where["node"]), where["input"], where.get("label", name), node["inputs"][where["input"]]
