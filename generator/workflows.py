@@ -122,7 +122,8 @@ class Workflow:
     def fill(self, values: dict[str, Any], *, filename_prefix: str) -> dict[str, Any]:
         """The graph to send to ComfyUI: a copy with `values` and our file name prefix set."""
         graph = copy.deepcopy(self.graph)
-        for name, value in values.items():
+        fixed = {name: p.default for name, p in self.parameters.items() if p.hidden}
+        for name, value in {**values, **fixed}.items():
             parameter = self.parameters.get(name)
             if parameter is not None and value is not None:
                 graph[parameter.node_id]["inputs"][parameter.input_name] = value
