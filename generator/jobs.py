@@ -18,8 +18,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from PIL import Image, UnidentifiedImageError
 
-from .live import QUEUE_ORDER, LiveState, queue_positions, render_card
+from .live import LiveState, queue_positions, render_card
 from .models import GeneratedImage, IllegalTransition, Prompt
+from .scheduling import fair_order
 from .workflows import WorkflowError, get_workflow
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ def _job(prompt: Prompt) -> Job:
 
 
 def next_queued_prompts(limit: int = 20) -> list[Prompt]:
-    """Candidates in the order they should run: retried jobs first, then oldest first."""
-    return list(Prompt.objects.filter(status=S.QUEUED).order_by(*QUEUE_ORDER)[:limit])
+    """Candidates in the order they should run (see scheduling.fair_order)."""
+    order = fair_order()[:limit]
+    found = Prompt.objects.in_bulk(order)
+    return [found[pk] for pk in order if pk in found]
 
 
 def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> tuple[Job, dict[str, Any]] | None:
@@ -192,6 +195,6 @@ def card_html(pk: int, live: LiveState | None = None) -> tuple[int, str]:
 
 def queued_cards() -> list[tuple[int, str]]:
     """Cards of every queued job, for when the queue moves and their positions change."""
-    prompts = list(Prompt.objects.filter(status=S.QUEUED).prefetch_related("images").order_by(*QUEUE_ORDER))
+    prompts = list(Prompt.objects.filter(status=S.QUEUED).prefetch_related("images"))
     positions = queue_positions(prompts)
     return [(p.owner_id, render_card(p, position=positions.get(p.pk))) for p in prompts]

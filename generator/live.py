@@ -15,11 +15,10 @@ from django.core.cache import cache
 from django.template.loader import render_to_string
 
 from .models import GeneratedImage, Prompt
+from .scheduling import fair_order
 
 LIVE_TTL_SECONDS = 3600
 BRIDGE_GROUP = "comfy-bridge"
-# The order in which queued jobs are handed to ComfyUI: retried jobs first, then oldest first.
-QUEUE_ORDER = ("-submit_attempts", "created_at", "pk")
 
 
 def user_group(user_id: int) -> str:
@@ -59,10 +58,7 @@ def queue_positions(prompts: list[Prompt]) -> dict[int, int]:
     if not wanted:
         return {}
     ahead_in_comfy = Prompt.objects.filter(status=Prompt.Status.SUBMITTED).count()
-    order = (
-        Prompt.objects.filter(status=Prompt.Status.QUEUED).order_by(*QUEUE_ORDER).values_list("pk", flat=True)
-    )
-    return {pk: ahead_in_comfy + place for place, pk in enumerate(order, start=1) if pk in wanted}
+    return {pk: ahead_in_comfy + place for place, pk in enumerate(fair_order(), start=1) if pk in wanted}
 
 
 def card_context(
