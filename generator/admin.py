@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .models import Backend, GeneratedImage, Prompt
+from .models import Backend, GeneratedImage, Prompt, Quota
 
 
 def _thumbnail(image: GeneratedImage, size: int = 96) -> str:
@@ -187,3 +187,8 @@ class GeneratedImageAdmin(admin.ModelAdmin):
 class BackendAdmin(admin.ModelAdmin):
     list_display = ("url", "label", "online", "is_demo", "queue_remaining", "status_message", "checked_at")
     readonly_fields = ("node_classes", "object_info", "checked_at")
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = ("group", "max_queued", "max_running", "max_images_per_day")

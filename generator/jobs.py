@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .live import LiveState, queue_positions, render_card
 from .models import GeneratedImage, IllegalTransition, Prompt
+from .quotas import users_at_running_limit
 from .scheduling import fair_order
 from .workflows import WorkflowError, get_workflow
 
@@ -68,7 +69,10 @@ def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> tuple[Job, dic
     The row gets its ComfyUI prompt id before anything is sent, so a crash between the POST
     and our next write is found again by reconciliation.
     """
+    blocked_owners = users_at_running_limit()
     for prompt in next_queued_prompts():
+        if prompt.owner_id in blocked_owners:
+            continue
         try:
             workflow = get_workflow(prompt.workflow)
         except WorkflowError as error:

@@ -49,6 +49,25 @@ class Backend(models.Model):
         return self.label or self.url
 
 
+class Quota(models.Model):
+    """Limits for the members of a group; a user in several groups gets the most generous.
+
+    Empty values mean "no limit"; users in no group with a quota get the site defaults
+    (settings.DEFAULT_QUOTA).
+    """
+
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="quota")
+    max_queued = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs waiting at once.")
+    max_running = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs on a GPU at once.")
+    max_images_per_day = models.PositiveIntegerField(null=True, blank=True, help_text="Images in 24 hours.")
+
+    class Meta:
+        ordering = ["group__name"]
+
+    def __str__(self) -> str:
+        return f"Quota of {self.group}"
+
+
 class Prompt(models.Model):
     """One request to generate, and the job that carries it out on a ComfyUI backend."""
 

@@ -19,6 +19,7 @@ from .forms import GenerateForm
 from .history import visible_images
 from .live import BRIDGE_GROUP, load_live_states, queue_positions, render_card
 from .models import GeneratedImage, Prompt
+from .quotas import refusal_for_new_job
 from .workflows import DEFAULT_WORKFLOW, Workflow, WorkflowError, all_workflows, get_workflow
 
 RECENT_JOBS = 20
@@ -107,6 +108,10 @@ def generate(request: HttpRequest) -> HttpResponse:
     problems = backends.workflow_problems(workflow)
     if problems:
         form.add_error(None, f"{workflow.title} cannot run here: {'; '.join(problems)}.")
+    if form.is_valid():
+        refusal = refusal_for_new_job(request.user, form.cleaned_data.get("batch_size") or 1)
+        if refusal:
+            form.add_error(None, refusal)
     if problems or not form.is_valid():
         response = render(
             request, "generator/partials/generate_form.html", _form_context(request, workflow, form)

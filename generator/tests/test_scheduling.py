@@ -61,3 +61,61 @@ def test_queue_positions_follow_the_fair_order(user_client, user):
 
     assert positions[mine.pk] == 2
     assert positions[theirs[-1].pk] == 6
+
+
+def test_a_user_at_the_queued_limit_is_told_so_on_the_form(user_client, user, settings):
+    from django.urls import reverse
+
+    from .test_generate_views import HTMX, valid_data
+
+    settings.DEFAULT_QUOTA = {**settings.DEFAULT_QUOTA, "max_queued": 2}
+    for _ in range(2):
+        PromptFactory(owner=user)
+
+    response = user_client.post(reverse("generate"), valid_data(), **HTMX)
+
+    assert "You already have 2 jobs waiting" in response.text
+    assert Prompt.objects.filter(owner=user).count() == 2
+
+
+def test_the_daily_image_limit_counts_made_and_pending_images(user_client, user, settings):
+    from django.urls import reverse
+
+    from .factories import GeneratedImageFactory
+    from .test_generate_views import HTMX, valid_data
+
+    settings.DEFAULT_QUOTA = {**settings.DEFAULT_QUOTA, "max_images_per_day": 3}
+    GeneratedImageFactory(prompt=PromptFactory(owner=user))
+    PromptFactory(owner=user, params={"batch_size": 1})
+
+    response = user_client.post(reverse("generate"), valid_data(batch_size="2"), **HTMX)
+
+    assert "limit 3" in response.text
+
+
+def test_a_group_quota_lifts_the_default_limits(user):
+    from django.contrib.auth.models import Group
+
+    from generator.models import Quota
+    from generator.quotas import limits_for
+
+    group = Group.objects.create(name="patrons")
+    Quota.objects.create(group=group, max_queued=100, max_running=None, max_images_per_day=5000)
+    user.groups.add(group)
+
+    limits = limits_for(user)
+
+    assert (limits.max_queued, limits.max_running, limits.max_images_per_day) == (100, None, 5000)
+
+
+def test_jobs_of_a_user_at_the_running_limit_wait_while_others_go(settings):
+    settings.DEFAULT_QUOTA = {**settings.DEFAULT_QUOTA, "max_running": 1}
+    alice, bob = UserFactory(), UserFactory()
+    first = PromptFactory(owner=alice)
+    PromptFactory(owner=alice)
+    bobs = PromptFactory(owner=bob)
+
+    claimed = [claim_next_job("http://gpu", on_demo_backend=False)[0].pk for _ in range(2)]
+
+    assert claimed == [first.pk, bobs.pk]
+    assert claim_next_job("http://gpu", on_demo_backend=False) is None

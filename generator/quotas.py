@@ -1,0 +1,77 @@
+"""Per-user limits on queued and running jobs and on images per day."""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from .models import GeneratedImage, Prompt, Quota
+
+S = Prompt.Status
+LIMITS = ("max_queued", "max_running", "max_images_per_day")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_queued: int | None
+    max_running: int | None
+    max_images_per_day: int | None
+
+
+def limits_for(user: Any) -> Limits:
+    """The most generous limit of the user's groups' quotas (None = unlimited), else the defaults."""
+    quotas = list(Quota.objects.filter(group__user=user))
+    if user.is_staff or not quotas:
+        defaults = {} if user.is_staff else settings.DEFAULT_QUOTA
+        return Limits(**{name: defaults.get(name) for name in LIMITS})
+    values = {}
+    for name in LIMITS:
+        found = [getattr(q, name) for q in quotas]
+        values[name] = None if None in found else max(found)
+    return Limits(**values)
+
+
+def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
+    """Why `user` may not queue another job now, in words; None when they may."""
+    limits = limits_for(user)
+    if limits.max_queued is not None:
+        waiting = Prompt.objects.filter(owner=user, status=S.QUEUED).count()
+        if waiting >= limits.max_queued:
+            return (
+                f"You already have {waiting} jobs waiting, the most you may queue at once. "
+                "Try again when some have run."
+            )
+    if limits.max_images_per_day is not None:
+        since = timezone.now() - datetime.timedelta(days=1)
+        made = GeneratedImage.objects.filter(owner=user, created_at__gte=since).count()
+        unfinished = Prompt.objects.filter(owner=user, status__in=[S.QUEUED, S.SUBMITTED, S.RUNNING])
+        pending = sum(
+            int(params.get("batch_size") or 1) for params in unfinished.values_list("params", flat=True)
+        )
+        if made + pending + batch_size > limits.max_images_per_day:
+            return (
+                f"You have made {made} images in the last 24 hours (limit {limits.max_images_per_day}); "
+                "this job would pass the limit. Try again later."
+            )
+    return None
+
+
+def users_at_running_limit() -> set[int]:
+    """Owners whose jobs may not go to a GPU now because enough of theirs are there already."""
+    on_gpu = Counter(
+        Prompt.objects.filter(status__in=[S.SUBMITTED, S.RUNNING]).values_list("owner_id", flat=True)
+    )
+    if not on_gpu:
+        return set()
+    blocked = set()
+    for user in get_user_model().objects.filter(pk__in=on_gpu):
+        limit = limits_for(user).max_running
+        if limit is not None and on_gpu[user.pk] >= limit:
+            blocked.add(user.pk)
+    return blocked
