@@ -1,0 +1,214 @@
+"""An async client for ComfyUI's HTTP API. Every failure becomes one of the errors in errors.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .errors import BackendUnreachable, NotFound, ProtocolError, WorkflowRejected
+from .events import HistoryEntry, OutputFile, parse_history
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+VIEW_TIMEOUT = httpx.Timeout(60.0, connect=3.0)  # large outputs (videos) take a while
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedPrompt:
+    prompt_id: str
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    running: tuple[str, ...]
+    pending: tuple[str, ...]
+
+    def position(self, prompt_id: str) -> int | None:
+        """0 while running, 1.. while waiting, None when not in the queue."""
+        if prompt_id in self.running:
+            return 0
+        if prompt_id in self.pending:
+            return self.pending.index(prompt_id) + 1
+        return None
+
+    def __contains__(self, prompt_id: object) -> bool:
+        return prompt_id in self.running or prompt_id in self.pending
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedImage:
+    name: str
+    subfolder: str
+    type: str
+
+    @property
+    def load_image_value(self) -> str:
+        """What LoadImage's `image` input takes to find this file."""
+        return f"{self.subfolder}/{self.name}" if self.subfolder else self.name
+
+
+class ComfyClient:
+    """`async with ComfyClient("http://127.0.0.1:8188") as comfy: await comfy.queue()`."""
+
+    def __init__(self, base_url: str, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def __aenter__(self) -> ComfyClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as error:
+            raise BackendUnreachable(
+                f"ComfyUI at {self.base_url} did not answer in time ({method} {path})."
+            ) from error
+        except httpx.HTTPError as error:
+            raise BackendUnreachable(f"ComfyUI at {self.base_url} is unreachable: {error}.") from error
+        if response.status_code >= 500:
+            raise BackendUnreachable(
+                f"ComfyUI at {self.base_url} failed on {method} {path} (HTTP {response.status_code})."
+            )
+        if response.status_code == 404:
+            raise NotFound(f"ComfyUI has no {path}.")
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as error:
+            raise ProtocolError(
+                f"ComfyUI answered {response.request.url.path} with something that is not JSON."
+            ) from error
+
+    async def _get_json(self, path: str, **params: Any) -> Any:
+        response = await self._request("GET", path, params=params or None)
+        if response.status_code != 200:
+            raise ProtocolError(f"ComfyUI answered GET {path} with HTTP {response.status_code}.")
+        return self._json(response)
+
+    async def _post(self, path: str, payload: Mapping[str, Any]) -> None:
+        response = await self._request("POST", path, json=payload)
+        if response.status_code != 200:
+            raise ProtocolError(f"ComfyUI answered POST {path} with HTTP {response.status_code}.")
+
+    async def queue_prompt(
+        self,
+        workflow: Mapping[str, Any],
+        *,
+        prompt_id: str,
+        client_id: str,
+        front: bool = False,
+        extra_data: Mapping[str, Any] | None = None,
+    ) -> QueuedPrompt:
+        """Queue `workflow` under our own `prompt_id`; WorkflowRejected if ComfyUI refuses it."""
+        payload: dict[str, Any] = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        if front:
+            payload["front"] = True
+        if extra_data:
+            payload["extra_data"] = dict(extra_data)
+        response = await self._request("POST", "/prompt", json=payload)
+        if response.status_code == 400:
+            body = self._json(response)
+            raise WorkflowRejected(body.get("error") or {}, body.get("node_errors") or {})
+        if response.status_code != 200:
+            raise ProtocolError(f"ComfyUI answered POST /prompt with HTTP {response.status_code}.")
+        body = self._json(response)
+        try:
+            return QueuedPrompt(prompt_id=str(body["prompt_id"]), number=int(body["number"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ProtocolError(f"ComfyUI's answer to POST /prompt lacks {error}.") from error
+
+    async def history(self, prompt_id: str) -> HistoryEntry | None:
+        """The finished prompt's entry; None while it is queued, running, or unknown."""
+        return parse_history(prompt_id, await self._get_json(f"/history/{prompt_id}"))
+
+    async def queue(self) -> QueueSnapshot:
+        body = await self._get_json("/queue")
+        try:
+            return QueueSnapshot(
+                running=tuple(str(item[1]) for item in body["queue_running"]),
+                pending=tuple(str(item[1]) for item in body["queue_pending"]),
+            )
+        except (KeyError, TypeError, IndexError) as error:
+            raise ProtocolError(f"ComfyUI's /queue answer is malformed: {error}") from error
+
+    async def queue_remaining(self) -> int:
+        body = await self._get_json("/prompt")
+        try:
+            return int(body["exec_info"]["queue_remaining"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ProtocolError(f"ComfyUI's /prompt answer is malformed: {error}") from error
+
+    async def view(self, file: OutputFile) -> bytes:
+        """The bytes of an output file, exactly as ComfyUI stored them."""
+        params = {"filename": file.filename, "subfolder": file.subfolder, "type": file.type}
+        response = await self._request("GET", "/view", params=params, timeout=VIEW_TIMEOUT)
+        if response.status_code != 200:
+            raise NotFound(f"ComfyUI has no file {file.filename!r} ({response.status_code}).")
+        return response.content
+
+    async def upload_image(
+        self,
+        data: bytes,
+        filename: str,
+        *,
+        subfolder: str = "",
+        overwrite: bool = False,
+        image_type: str = "input",
+    ) -> UploadedImage:
+        form = {"type": image_type, "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
+        response = await self._request(
+            "POST", "/upload/image", data=form, files={"image": (filename, data, "image/png")}
+        )
+        if response.status_code != 200:
+            raise ProtocolError(f"ComfyUI refused the upload of {filename!r} (HTTP {response.status_code}).")
+        body = self._json(response)
+        try:
+            return UploadedImage(
+                name=body["name"], subfolder=body.get("subfolder", ""), type=body.get("type", "input")
+            )
+        except (KeyError, TypeError) as error:
+            raise ProtocolError(f"ComfyUI's upload answer lacks {error}.") from error
+
+    async def interrupt(self, prompt_id: str) -> None:
+        """Stop `prompt_id` if it is the one running; a no-op otherwise.
+
+        Always by id: a bare /interrupt stops whatever runs, someone else's job included.
+        """
+        if not prompt_id:
+            raise ValueError("interrupt needs the prompt_id of the job to stop")
+        await self._post("/interrupt", {"prompt_id": prompt_id})
+
+    async def delete_from_queue(self, prompt_ids: Iterable[str]) -> None:
+        """Drop waiting prompts; ComfyUI ignores running and unknown ids."""
+        await self._post("/queue", {"delete": list(prompt_ids)})
+
+    async def delete_history(self, prompt_ids: Iterable[str]) -> None:
+        await self._post("/history", {"delete": list(prompt_ids)})
+
+    async def object_info(self, node: str | None = None) -> dict[str, Any]:
+        """Every node class's inputs and outputs, or one class's (NotFound if unknown)."""
+        body = await self._get_json(f"/object_info/{node}" if node else "/object_info")
+        if not isinstance(body, dict):
+            raise ProtocolError("ComfyUI's /object_info answer is not a JSON object.")
+        if node and not body:
+            raise NotFound(f"ComfyUI has no node class {node!r}.")
+        return body
+
+    async def system_stats(self) -> dict[str, Any]:
+        body = await self._get_json("/system_stats")
+        if not isinstance(body, dict) or "system" not in body:
+            raise ProtocolError("ComfyUI's /system_stats answer lacks 'system'.")
+        return body
