@@ -47,8 +47,11 @@ def require_chromium() -> None:
 
 
 @contextmanager
-def running_site(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """`manage.py serve` on a free port with its own database and media; yields its URL."""
+def running_site(tmp_path: Path, extra_env: dict[str, str] | None = None, seed: str = "") -> Iterator[str]:
+    """`manage.py serve` on a free port with its own database and media; yields its URL.
+
+    `seed` is Python run in the site's environment (`manage.py shell -c`) before it starts.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -59,6 +62,8 @@ def running_site(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Ite
     env.pop("DATABASE_URL", None)
     manage = [sys.executable, str(BASE_DIR / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, check=True, cwd=BASE_DIR)
+    if seed:
+        subprocess.run([*manage, "shell", "-c", seed], env=env, check=True, cwd=BASE_DIR)
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [*manage, "serve", "--port", str(port)], env=env, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT

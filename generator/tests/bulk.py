@@ -55,3 +55,47 @@ def fill_history(
         batch_size=2000,
     )
     return people
+
+
+def seed_browser_history(images: int = 90) -> None:
+    """Users for the history browser test: `ada` with `images` pictures, staff `root`."""
+    import io
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from PIL import Image
+
+    from generator.tests.factories import PASSWORD, png_bytes
+
+    User = get_user_model()
+    ada = User.objects.create_user("ada", "ada@example.com", PASSWORD)
+    User.objects.create_superuser("root", "root@example.com", PASSWORD)
+    file_name = default_storage.save("outputs/seed.png", ContentFile(png_bytes((256, 256))))
+    thumbs = []
+    for hue in range(6):
+        out = io.BytesIO()
+        Image.new("RGB", (192, 192), ((hue * 40) % 256, 120, 255 - hue * 30)).save(out, "WEBP")
+        thumbs.append(default_storage.save(f"thumbnails/seed{hue}.webp", ContentFile(out.getvalue())))
+    start = timezone.now() - datetime.timedelta(days=3)
+    for n in range(images):
+        subject = "lighthouse" if n % 3 == 0 else "forest"
+        prompt = Prompt.objects.create(
+            owner=ada,
+            workflow="txt2img",
+            positive_text=f"a {subject} painting number {n}",
+            params={"seed": n, "steps": 20},
+            status=Prompt.Status.SUCCEEDED,
+            created_at=start + datetime.timedelta(minutes=n),
+        )
+        GeneratedImage.objects.create(
+            prompt=prompt,
+            owner=ada,
+            file=file_name,
+            thumbnail=thumbs[n % len(thumbs)],
+            width=256,
+            height=256,
+            bytes=len(png_bytes((256, 256))),
+            node_id="9",
+            output_index=0,
+            created_at=prompt.created_at,
+        )

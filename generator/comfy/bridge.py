@@ -1,0 +1,466 @@
+"""The bridge: drives one ComfyUI backend from the site's job queue, and relays what it does.
+
+One websocket per backend with a fixed client id. Queued prompts are handed to ComfyUI so that
+one job always waits in ComfyUI's own queue behind the running one (the GPU never idles between
+jobs); every event updates the Prompt state machine and is rendered once into an HTML fragment
+sent to the owner's channel-layer group. The database is the source of truth: after any
+reconnect, and when a running job falls silent, jobs are reconciled with /queue and /history.
+
+Database and file work runs in worker threads (sync_to_async); the event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from generator import jobs
+from generator.live import BRIDGE_GROUP, LiveState, render_progress, save_live_state, user_group
+from generator.models import Backend, Prompt
+from generator.workflows import Workflow, WorkflowError, all_workflows, get_workflow
+
+from .client import ComfyClient
+from .connection import ComfyConnection, Connected, Disconnected
+from .errors import BackendUnreachable, ComfyError, WorkflowRejected
+from .events import (
+    Executed,
+    Executing,
+    ExecutionCached,
+    ExecutionError,
+    ExecutionInterrupted,
+    ExecutionStart,
+    ExecutionSuccess,
+    HistoryEntry,
+    Preview,
+    Progress,
+    Status,
+)
+
+logger = logging.getLogger(__name__)
+
+S = Prompt.Status
+db = sync_to_async  # thread_sensitive: ORM calls share one worker thread, as Django expects
+
+
+@dataclass
+class ActiveJob:
+    """A job this bridge has handed to ComfyUI, with what its events have told us so far."""
+
+    job: jobs.Job
+    node_count: int
+    node_titles: dict[str, str]
+    done_nodes: set[str] = field(default_factory=set)
+    live: LiveState = field(default_factory=LiveState)
+    last_event: float = field(default_factory=time.monotonic)
+    last_progress_sent: float = 0.0
+    last_preview_sent: float = 0.0
+    started: bool = False
+    current_node: str = ""
+
+    @property
+    def pk(self) -> int:
+        return self.job.pk
+
+    def overall_progress(self) -> float:
+        step_share = self.live.step / self.live.steps if self.live.steps else 0.0
+        return min(1.0, (len(self.done_nodes) + step_share) / max(1, self.node_count))
+
+
+@dataclass
+class BridgeSettings:
+    depth: int = 2  # our jobs inside ComfyUI at once: one running, one waiting
+    poll_seconds: float = 2.0  # safety net; new jobs normally wake the dispatcher at once
+    silence_seconds: float = 120.0  # a running job with no event this long is reconciled
+    preview_interval: float = 0.25  # at most four live previews a second per job
+    progress_interval: float = 0.05
+
+
+class Bridge:
+    def __init__(
+        self,
+        url: str,
+        *,
+        label: str = "",
+        is_demo: bool = False,
+        client_id: str | None = None,
+        settings: BridgeSettings | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.label = label
+        self.is_demo = is_demo
+        self.client_id = client_id or f"comfysite-{uuid.uuid5(uuid.NAMESPACE_URL, self.url).hex[:12]}"
+        self.settings = settings or BridgeSettings()
+        self.client = ComfyClient(self.url)
+        self.connection = ComfyConnection(self.url, self.client_id)
+        self.active: dict[str, ActiveJob] = {}  # by ComfyUI prompt id
+        self.connected = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.running_prompt_id: str | None = None
+        self.layer = get_channel_layer()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        await db(self._save_backend)(online=False, status_message="connecting")
+        self._tasks = [
+            asyncio.create_task(self._consume_events(), name=f"bridge-events {self.url}"),
+            asyncio.create_task(self._dispatch(), name=f"bridge-dispatch {self.url}"),
+            asyncio.create_task(self._watch_silence(), name=f"bridge-watchdog {self.url}"),
+            asyncio.create_task(self._listen_control(), name=f"bridge-control {self.url}"),
+        ]
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.connection.close()
+            await self.client.aclose()
+            with contextlib.suppress(Exception):
+                await db(self._save_backend)(online=False, status_message="bridge stopped")
+
+    # -- ComfyUI events --------------------------------------------------------------------
+
+    async def _consume_events(self) -> None:
+        async for event in self.connection.events():
+            try:
+                await self.handle_event(event)
+            except Exception:  # one bad event must not stop the bridge
+                logger.exception("Bridge %s: failed to handle %r", self.url, type(event).__name__)
+
+    async def handle_event(self, event: Any) -> None:
+        if isinstance(event, Connected):
+            await self._on_connected()
+            return
+        if isinstance(event, Disconnected):
+            self.connected.clear()
+            await db(self._save_backend)(online=False, status_message=f"connection lost: {event.reason}")
+            return
+        if isinstance(event, Status):
+            return
+        active = self._active_for(event)
+        if active is None:
+            return
+        active.last_event = time.monotonic()
+        if isinstance(event, ExecutionStart):
+            await self._on_start(active)
+        elif isinstance(event, ExecutionCached):
+            active.done_nodes.update(event.nodes)
+        elif isinstance(event, Executing):
+            await self._on_executing(active, event)
+        elif isinstance(event, Progress):
+            await self._on_progress(active, event)
+        elif isinstance(event, Preview):
+            await self._on_preview(active, event)
+        elif isinstance(event, Executed):
+            await self._import_outputs(active, event.node, event.files)
+        elif isinstance(event, ExecutionSuccess):
+            await self._finish(active, S.SUCCEEDED)
+        elif isinstance(event, ExecutionError):
+            workflow = self._workflow(active)
+            node = workflow.node_title(event.node_id) if workflow else event.node_type
+            await self._finish(active, S.FAILED, error=f"{node} failed: {event.exception_message.strip()}")
+        elif isinstance(event, ExecutionInterrupted):
+            await self._on_interrupted(active)
+
+    def _active_for(self, event: Any) -> ActiveJob | None:
+        prompt_id = getattr(event, "prompt_id", None)
+        if prompt_id is None and isinstance(event, Preview):
+            prompt_id = self.running_prompt_id  # type-1 previews do not say whose they are
+        return self.active.get(prompt_id) if prompt_id else None
+
+    async def _on_connected(self) -> None:
+        self.connected.set()
+        await self._refresh_backend_info()
+        await self._load_jobs_from_database()
+        await self.reconcile(list(self.active.values()))
+        self.wake.set()
+
+    async def _on_start(self, active: ActiveJob) -> None:
+        self.running_prompt_id = active.job.comfy_prompt_id
+        active.started = True
+        await db(jobs.transition)(active.pk, S.RUNNING)
+        await self._send_card(active)
+
+    async def _on_executing(self, active: ActiveJob, event: Executing) -> None:
+        if event.is_end:
+            if self.running_prompt_id == active.job.comfy_prompt_id:
+                self.running_prompt_id = None
+            if active.job.comfy_prompt_id in self.active:  # ended without a verdict we saw
+                await self.reconcile([active])
+            return
+        if active.current_node:
+            active.done_nodes.add(active.current_node)
+        active.current_node = event.node or ""
+        active.live.node_title = active.node_titles.get(active.current_node, f"node {active.current_node}")
+        active.live.step = active.live.steps = 0
+        await db(jobs.save_progress)(active.pk, active.overall_progress())
+        await self._send_progress(active, force=True)
+
+    async def _on_progress(self, active: ActiveJob, event: Progress) -> None:
+        active.live.step, active.live.steps = event.value, event.max
+        await self._send_progress(active, force=event.value >= event.max)
+
+    async def _on_preview(self, active: ActiveJob, event: Preview) -> None:
+        now = time.monotonic()
+        if now - active.last_preview_sent < self.settings.preview_interval:
+            return
+        active.last_preview_sent = now
+        html = render_to_string(
+            "generator/partials/job_preview.html",
+            {
+                "prompt_id": active.pk,
+                "mime_type": event.mime_type,
+                "image_b64": base64.b64encode(event.image).decode(),
+            },
+        )
+        await self._send(active.job.owner_id, html)
+
+    async def _on_interrupted(self, active: ActiveJob) -> None:
+        job = await db(jobs.get_job)(active.pk)
+        if job.cancel_requested:
+            await self._finish(active, S.CANCELLED, error="Cancelled while it ran.")
+        else:
+            await self._finish(active, S.FAILED, error="Stopped on the ComfyUI server before it finished.")
+
+    async def _import_outputs(self, active: ActiveJob, node_id: str, files: Any) -> None:
+        kept = [f for f in files if f.type == "output"]  # temp/preview outputs are not kept
+        for index, output in enumerate(kept):
+            if await db(jobs.has_output)(active.pk, node_id, index):
+                continue
+            data = await self.client.view(output)
+            await db(jobs.store_output)(active.pk, node_id, index, output.filename, data)
+        if kept:
+            await self._send_card(active)
+
+    async def _finish(self, active: ActiveJob, status: str, *, error: str = "") -> None:
+        changes = {"error": error} if error else {}
+        await db(jobs.transition)(active.pk, status, **changes)
+        self.active.pop(active.job.comfy_prompt_id, None)
+        if self.running_prompt_id == active.job.comfy_prompt_id:
+            self.running_prompt_id = None
+        await self._send_card(active)
+        self.wake.set()
+
+    # -- handing jobs to ComfyUI -----------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.poll_seconds)
+            self.wake.clear()
+            if not self.connected.is_set():
+                continue
+            try:
+                await self._fill_backend_queue()
+            except Exception:
+                logger.exception("Bridge %s: dispatch failed", self.url)
+
+    async def _fill_backend_queue(self) -> None:
+        submitted_any = False
+        while self.connected.is_set() and len(self.active) < self.settings.depth:
+            claimed = await db(jobs.claim_next_job)(self.url, on_demo_backend=self.is_demo)
+            if claimed is None:
+                break
+            job, graph = claimed
+            if not await self._submit(job, graph):
+                break
+            submitted_any = True
+        if submitted_any:
+            await self._send_queue_positions()
+
+    async def _submit(self, job: jobs.Job, graph: dict[str, Any]) -> bool:
+        active = self._track(job)
+        try:
+            await self.client.queue_prompt(graph, prompt_id=job.comfy_prompt_id, client_id=self.client_id)
+        except WorkflowRejected as rejection:
+            workflow = self._workflow(active)
+            problems = rejection.describe(graph) if workflow else [str(rejection)]
+            await self._finish(active, S.FAILED, error="ComfyUI refused this job:\n" + "\n".join(problems))
+            return True
+        except BackendUnreachable as error:
+            self.active.pop(job.comfy_prompt_id, None)
+            await db(jobs.unsubmit)(job.pk)
+            await db(self._save_backend)(online=False, status_message=str(error))
+            return False
+        await self._send_card(active)
+        return True
+
+    def _track(self, job: jobs.Job) -> ActiveJob:
+        workflow = self._workflow_named(job.workflow)
+        titles = {node_id: workflow.node_title(node_id) for node_id in workflow.graph} if workflow else {}
+        active = ActiveJob(job=job, node_count=len(titles) or 1, node_titles=titles)
+        self.active[job.comfy_prompt_id] = active
+        return active
+
+    # -- reconciliation --------------------------------------------------------------------
+
+    async def _load_jobs_from_database(self) -> None:
+        for job in await db(jobs.jobs_on_backend)(self.url):
+            if job.comfy_prompt_id not in self.active:
+                self._track(job)
+
+    async def reconcile(self, actives: list[ActiveJob]) -> None:
+        """Settle each job with what ComfyUI says of it: waiting, done, failed, or lost."""
+        if not actives:
+            return
+        try:
+            queue = await self.client.queue()
+        except ComfyError as error:
+            logger.warning("Bridge %s: cannot reconcile now: %s", self.url, error)
+            return
+        for active in actives:
+            prompt_id = active.job.comfy_prompt_id
+            active.last_event = time.monotonic()
+            if prompt_id in queue.running:
+                self.running_prompt_id = prompt_id
+                if not active.started:
+                    active.started = True
+                    await db(jobs.transition)(active.pk, S.RUNNING)
+                continue
+            if prompt_id in queue.pending:
+                continue
+            entry = await self.client.history(prompt_id)
+            if entry is None:
+                await self._lost(active)
+            else:
+                await self._settle_from_history(active, entry)
+
+    async def _settle_from_history(self, active: ActiveJob, entry: HistoryEntry) -> None:
+        if entry.status_str == "success" and entry.completed:
+            for node_id, files in entry.outputs_by_node().items():
+                await self._import_outputs(active, node_id, files)
+            await self._finish(active, S.SUCCEEDED)
+        elif isinstance(entry.failure, ExecutionInterrupted):
+            await self._on_interrupted(active)
+        elif isinstance(entry.failure, ExecutionError):
+            await self.handle_event(entry.failure)
+        else:
+            await self._finish(active, S.FAILED, error="ComfyUI reported an error but gave no details.")
+
+    async def _lost(self, active: ActiveJob) -> None:
+        """Neither queued nor in history: the backend restarted. One more try, then failed."""
+        self.active.pop(active.job.comfy_prompt_id, None)
+        status = await db(jobs.requeue_or_fail)(
+            active.pk, "The ComfyUI backend restarted and lost this job twice; please try again."
+        )
+        logger.warning("Bridge %s: job %s was lost by ComfyUI; now %s", self.url, active.pk, status)
+        await self._send_card(active)
+        self.wake.set()
+
+    async def _watch_silence(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.silence_seconds / 2))
+            if not self.connected.is_set():
+                continue
+            now = time.monotonic()
+            silent = [a for a in self.active.values() if now - a.last_event > self.settings.silence_seconds]
+            if silent:
+                await self.reconcile(silent)
+
+    # -- control messages from the web processes -------------------------------------------
+
+    async def _listen_control(self) -> None:
+        channel = await self.layer.new_channel()
+        await self.layer.group_add(BRIDGE_GROUP, channel)
+        try:
+            while True:
+                message = await self.layer.receive(channel)
+                if message.get("type") == "wake":
+                    self.wake.set()
+                elif message.get("type") == "cancel.job":
+                    await self.cancel(int(message["prompt"]))
+        finally:
+            await self.layer.group_discard(BRIDGE_GROUP, channel)
+
+    async def cancel(self, pk: int) -> None:
+        """Waiting in ComfyUI: delete it from the queue. Running: interrupt it, by its id only."""
+        active = next((a for a in self.active.values() if a.pk == pk), None)
+        if active is None:
+            return
+        active.live.cancelling = True
+        prompt_id = active.job.comfy_prompt_id
+        try:
+            if prompt_id == self.running_prompt_id:
+                await self.client.interrupt(prompt_id)
+            else:
+                await self.client.delete_from_queue([prompt_id])
+                queue = await self.client.queue()
+                if prompt_id in queue.running:
+                    await self.client.interrupt(prompt_id)
+                elif prompt_id not in queue.pending:
+                    await self._finish(active, S.CANCELLED, error="Cancelled before it started.")
+                    return
+        except ComfyError as error:
+            logger.warning("Bridge %s: cancel of job %s failed: %s", self.url, pk, error)
+        await self._send_progress(active, force=True)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _workflow(self, active: ActiveJob) -> Workflow | None:
+        return self._workflow_named(active.job.workflow)
+
+    @staticmethod
+    def _workflow_named(name: str) -> Workflow | None:
+        try:
+            return get_workflow(name)
+        except WorkflowError:
+            return None
+
+    async def _send(self, owner_id: int, html: str) -> None:
+        await self.layer.group_send(user_group(owner_id), {"type": "job.html", "html": html})
+
+    async def _send_card(self, active: ActiveJob) -> None:
+        save_live_state(active.pk, active.live)
+        owner_id, html = await db(jobs.card_html)(active.pk, active.live)
+        await self._send(owner_id, html)
+
+    async def _send_progress(self, active: ActiveJob, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - active.last_progress_sent < self.settings.progress_interval:
+            return
+        active.last_progress_sent = now
+        save_live_state(active.pk, active.live)
+        # Rendered from what the bridge knows: no database read on the hottest path.
+        status = S.RUNNING if active.started else S.SUBMITTED
+        prompt = Prompt(pk=active.pk, status=status, progress=active.overall_progress())
+        await self._send(active.job.owner_id, render_progress(prompt, live=active.live))
+
+    async def _send_queue_positions(self) -> None:
+        for owner_id, html in await db(jobs.queued_cards)():
+            await self._send(owner_id, html)
+
+    async def _refresh_backend_info(self) -> None:
+        try:
+            info = await self.client.object_info()
+        except ComfyError as error:
+            logger.warning("Bridge %s: /object_info failed: %s", self.url, error)
+            info = None
+        await db(self._save_backend)(online=True, status_message="", object_info=info)
+
+    def _save_backend(self, *, online: bool, status_message: str, object_info: dict | None = None) -> None:
+        fields: dict[str, Any] = {
+            "online": online,
+            "status_message": status_message[:300],
+            "is_demo": self.is_demo,
+            "label": self.label,
+            "checked_at": timezone.now(),
+        }
+        if object_info is not None:
+            used = set().union(*(w.node_classes for w in all_workflows().values()))
+            fields["object_info"] = {name: spec for name, spec in object_info.items() if name in used}
+            fields["node_classes"] = sorted(object_info)
+        Backend.objects.update_or_create(url=self.url, defaults=fields)
