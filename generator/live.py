@@ -8,7 +8,7 @@ mid-job is shown where the job is, not where the database last saw it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from django.core.cache import cache
@@ -64,7 +64,9 @@ def queue_positions(prompts: list[Prompt]) -> dict[int, int]:
 def card_context(
     prompt: Prompt, *, live: LiveState | None = None, position: int | None = None
 ) -> dict[str, Any]:
-    live = live or LiveState(cancelling=prompt.cancel_requested_at is not None)
+    live = live or LiveState()
+    if prompt.cancel_requested_at is not None and not live.cancelling:
+        live = replace(live, cancelling=True)
     return {
         "prompt": prompt,
         "live": live,
@@ -77,8 +79,9 @@ def render_card(prompt: Prompt, **kwargs: Any) -> str:
     return render_to_string("generator/partials/job_card.html", card_context(prompt, **kwargs))
 
 
-def render_progress(prompt: Prompt, **kwargs: Any) -> str:
-    return render_to_string("generator/partials/job_progress.html", card_context(prompt, **kwargs))
+def render_progress(prompt: Prompt, *, live: LiveState) -> str:
+    """The status line and bars alone: what changes at every step, rendered without a query."""
+    return render_to_string("generator/partials/job_progress.html", {"prompt": prompt, "live": live})
 
 
 def render_image(image: GeneratedImage) -> str:

@@ -107,6 +107,9 @@ class Bridge:
         self.connected = asyncio.Event()
         self.wake = asyncio.Event()
         self.running_prompt_id: str | None = None
+        # Held while a job is between "claimed" and "POSTed", and while reconciling: a job in
+        # that gap is in neither ComfyUI's queue nor its history, yet is not lost.
+        self.submitting = asyncio.Lock()
         self.layer = get_channel_layer()
         self._tasks: list[asyncio.Task] = []
 
@@ -171,8 +174,11 @@ class Bridge:
             await self._finish(active, S.SUCCEEDED)
         elif isinstance(event, ExecutionError):
             workflow = self._workflow(active)
-            node = workflow.node_title(event.node_id) if workflow else event.node_type
-            await self._finish(active, S.FAILED, error=f"{node} failed: {event.exception_message.strip()}")
+            await self._finish(
+                active,
+                S.FAILED,
+                error=event.describe(workflow.node_title(event.node_id) if workflow else None),
+            )
         elif isinstance(event, ExecutionInterrupted):
             await self._on_interrupted(active)
 
@@ -183,10 +189,12 @@ class Bridge:
         return self.active.get(prompt_id) if prompt_id else None
 
     async def _on_connected(self) -> None:
-        self.connected.set()
         await self._refresh_backend_info()
         await self._load_jobs_from_database()
         await self.reconcile(list(self.active.values()))
+        # Only now may new jobs go out: reconciling must not mistake a job being submitted
+        # for one ComfyUI lost.
+        self.connected.set()
         self.wake.set()
 
     async def _on_start(self, active: ActiveJob) -> None:
@@ -272,11 +280,13 @@ class Bridge:
     async def _fill_backend_queue(self) -> None:
         submitted_any = False
         while self.connected.is_set() and len(self.active) < self.settings.depth:
-            claimed = await db(jobs.claim_next_job)(self.url, on_demo_backend=self.is_demo)
-            if claimed is None:
-                break
-            job, graph = claimed
-            if not await self._submit(job, graph):
+            async with self.submitting:
+                claimed = await db(jobs.claim_next_job)(self.url, on_demo_backend=self.is_demo)
+                if claimed is None:
+                    break
+                job, graph = claimed
+                submitted = await self._submit(job, graph)
+            if not submitted:
                 break
             submitted_any = True
         if submitted_any:
@@ -317,6 +327,10 @@ class Bridge:
         """Settle each job with what ComfyUI says of it: waiting, done, failed, or lost."""
         if not actives:
             return
+        async with self.submitting:
+            await self._reconcile(actives)
+
+    async def _reconcile(self, actives: list[ActiveJob]) -> None:
         try:
             queue = await self.client.queue()
         except ComfyError as error:

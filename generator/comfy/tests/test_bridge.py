@@ -1,0 +1,277 @@
+"""The bridge against the emulator on a real port: jobs go from queued to a final state, their
+events reach their owner's websocket (and nobody else's), and nothing is lost when ComfyUI,
+the websocket or the bridge itself goes away mid-job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from generator.comfy.bridge import Bridge, BridgeSettings
+from generator.comfy.client import ComfyClient
+from generator.consumers import JobsConsumer
+from generator.models import GeneratedImage, Prompt
+from generator.tests.factories import PromptFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+S = Prompt.Status
+SMALL = {
+    "seed": 7,
+    "steps": 3,
+    "cfg": 7.0,
+    "sampler": "euler",
+    "scheduler": "normal",
+    "width": 64,
+    "height": 64,
+    "batch_size": 1,
+    "checkpoint": "v1-5-pruned-emaonly.safetensors",
+}
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(url: str, **settings):
+    bridge = Bridge(url, settings=BridgeSettings(poll_seconds=0.1, **settings))
+    task = asyncio.create_task(bridge.run())
+    try:
+        await asyncio.wait_for(bridge.connected.wait(), 10)
+        yield bridge
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def new_job(owner=None, **params) -> Prompt:
+    owner = owner or await sync_to_async(UserFactory)()
+    return await sync_to_async(PromptFactory)(owner=owner, workflow="txt2img", params={**SMALL, **params})
+
+
+async def wait_for_status(pk: int, *statuses: str, within: float = 20.0) -> Prompt:
+    deadline = time.monotonic() + within
+    while True:
+        prompt = await Prompt.objects.aget(pk=pk)
+        if prompt.status in statuses:
+            return prompt
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {pk} is {prompt.status} ({prompt.error!r}), not {statuses}")
+        await asyncio.sleep(0.05)
+
+
+async def listen(user) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(JobsConsumer.as_asgi(), "/ws/jobs/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def drain(communicator: WebsocketCommunicator) -> list[str]:
+    received = []
+    while not await communicator.receive_nothing(timeout=0.2):
+        received.append(await communicator.receive_from())
+    return received
+
+
+async def images_of(pk: int) -> list[GeneratedImage]:
+    return [
+        image
+        async for image in GeneratedImage.objects.filter(prompt_id=pk).order_by("node_id", "output_index")
+    ]
+
+
+async def test_a_job_runs_to_success_and_only_its_owner_sees_it(emulator):
+    owner, stranger = await sync_to_async(UserFactory)(), await sync_to_async(UserFactory)()
+    mine, theirs = await listen(owner), await listen(stranger)
+    job = await new_job(owner)
+
+    async with running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+        fragments = await drain(mine)
+
+    assert done.progress == 1.0
+    assert done.started_at is not None
+    assert done.finished_at is not None
+    assert any('data-status="running"' in f for f in fragments)
+    assert any("step-bar" in f for f in fragments)
+    assert any("data:image/jpeg;base64," in f for f in fragments)  # a live preview
+    final = [f for f in fragments if 'data-status="succeeded"' in f]
+    assert final
+    assert "data-image-id" in final[-1]
+    assert await theirs.receive_nothing(timeout=0.3)
+    await mine.disconnect()
+    await theirs.disconnect()
+
+
+async def test_stored_images_are_byte_identical_to_what_comfyui_serves(emulator):
+    job = await new_job(batch_size=2)
+    async with running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+
+    stored = await images_of(job.pk)
+    async with ComfyClient(emulator.url) as comfy:
+        entry = await comfy.history(str(done.comfy_prompt_id))
+        served = [await comfy.view(f) for f in entry.outputs["9"]]
+    assert len(stored) == 2
+    for image, data in zip(stored, served, strict=True):
+        with image.file.open("rb") as handle:
+            assert handle.read() == data
+        assert image.thumbnail.name.endswith(".webp")
+        assert (image.width, image.height, image.bytes) == (64, 64, len(data))
+
+
+async def test_cancel_works_queued_waiting_in_comfyui_and_running(slow_emulator, settings):
+    owner = await sync_to_async(UserFactory)()
+    running, waiting, queued = [await new_job(owner, steps=30) for _ in range(3)]
+    browser = Client()
+    await sync_to_async(browser.force_login)(owner)
+
+    async def cancel(job):
+        response = await sync_to_async(browser.post)(f"/jobs/{job.pk}/cancel/")
+        assert response.status_code == 200
+        return response.text
+
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(running.pk, S.RUNNING)
+        await wait_for_status(waiting.pk, S.SUBMITTED)
+        assert (await Prompt.objects.aget(pk=queued.pk)).status == S.QUEUED
+
+        assert 'data-status="cancelled"' in await cancel(queued)
+        await cancel(waiting)
+        assert "Cancelling…" in await cancel(running)
+
+        for job in (queued, waiting, running):
+            await wait_for_status(job.pk, S.CANCELLED)
+
+    async with ComfyClient(slow_emulator.url) as comfy:
+        assert await comfy.history(str((await Prompt.objects.aget(pk=waiting.pk)).comfy_prompt_id)) is None
+        interrupted = await comfy.history(str((await Prompt.objects.aget(pk=running.pk)).comfy_prompt_id))
+        assert interrupted.status_str == "error"
+        assert (await comfy.queue()).pending == ()
+    assert await images_of(running.pk) == []
+
+
+async def test_an_execution_error_fails_the_job_in_words(emulator):
+    emulator.faults.fail_node = "VAEDecode"
+    failing = await new_job()
+
+    async with running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        failed = await wait_for_status(failing.pk, S.FAILED)
+        emulator.faults.fail_node = None
+        fine = await new_job()  # the bridge carries on with the next job
+        bridge.wake.set()
+        await wait_for_status(fine.pk, S.SUCCEEDED)
+
+    assert failed.error == "VAE Decode (node 8) failed: Emulated failure (fault switch)"
+
+
+async def test_a_workflow_comfyui_rejects_fails_with_its_node_errors_in_words(emulator):
+    job = await new_job(checkpoint="missing.safetensors", steps=0)
+
+    async with running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        failed = await wait_for_status(job.pk, S.FAILED)
+
+    assert "the model 'missing.safetensors' is not installed on this ComfyUI" in failed.error
+    assert "“steps” must be at least 1 (got 0)" in failed.error
+
+
+async def test_a_websocket_dropped_mid_job_loses_nothing(slow_emulator):
+    job = await new_job(steps=6)
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+        slow_emulator.faults.drop_ws_after = 3  # the socket goes a few messages into the job
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+
+    assert len(await images_of(done.pk)) == 1
+
+
+async def test_a_job_that_finished_while_the_bridge_was_down_is_imported_once(slow_emulator):
+    job = await new_job(steps=5)
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+    # The bridge is gone; ComfyUI finishes the job on its own.
+    for _ in range(100):
+        if slow_emulator.history:
+            break
+        await asyncio.sleep(0.05)
+
+    async with running_bridge(slow_emulator.url):
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+
+    assert len(await images_of(done.pk)) == 1
+
+
+async def test_a_bridge_restarted_mid_job_picks_the_running_job_up_again(slow_emulator):
+    job = await new_job(steps=15)
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+    async with running_bridge(slow_emulator.url):
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+
+    assert len(await images_of(done.pk)) == 1
+    assert done.submit_attempts == 1  # it was not run twice
+
+
+async def test_comfyui_restarting_and_losing_its_queue_gets_the_job_resubmitted_once(slow_emulator):
+    job = await new_job(steps=8)
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+        await slow_emulator.restart()
+        done = await wait_for_status(job.pk, S.SUCCEEDED, within=30)
+
+    assert done.submit_attempts == 2
+    assert len(await images_of(done.pk)) == 1
+
+
+async def test_a_job_lost_by_two_restarts_fails_instead_of_running_forever(slow_emulator):
+    job = await new_job(steps=30)
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        for _ in range(2):
+            await wait_for_status(job.pk, S.RUNNING)
+            await slow_emulator.restart()
+            await asyncio.sleep(0.3)
+        failed = await wait_for_status(job.pk, S.FAILED, within=30)
+
+    assert "restarted" in failed.error
+
+
+async def test_comfyui_down_leaves_jobs_waiting_then_runs_them(emulator):
+    await emulator.refuse_connections(1.5)
+    job = await new_job()
+    bridge = Bridge(emulator.url, settings=BridgeSettings(poll_seconds=0.1))
+    task = asyncio.create_task(bridge.run())
+    try:
+        await asyncio.sleep(0.5)
+        assert (await Prompt.objects.aget(pk=job.pk)).status == S.QUEUED
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert done.status == S.SUCCEEDED
+
+
+async def test_a_silent_running_job_is_reconciled(slow_emulator):
+    """Events stop (a half-open socket); after the silence timeout the bridge asks ComfyUI."""
+    job = await new_job(steps=4)
+    async with running_bridge(slow_emulator.url, silence_seconds=1.0) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+        slow_emulator.sockets.clear()  # the emulator forgets the socket: no more events reach us
+        done = await wait_for_status(job.pk, S.SUCCEEDED, within=15)
+
+    assert len(await images_of(done.pk)) == 1
