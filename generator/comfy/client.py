@@ -53,8 +53,15 @@ class UploadedImage:
 class ComfyClient:
     """`async with ComfyClient("http://127.0.0.1:8188") as comfy: await comfy.queue()`."""
 
-    def __init__(self, base_url: str, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        view_timeout: httpx.Timeout = VIEW_TIMEOUT,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.view_timeout = view_timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     async def __aenter__(self) -> ComfyClient:
@@ -154,7 +161,7 @@ class ComfyClient:
     async def view(self, file: OutputFile) -> bytes:
         """The bytes of an output file, exactly as ComfyUI stored them."""
         params = {"filename": file.filename, "subfolder": file.subfolder, "type": file.type}
-        response = await self._request("GET", "/view", params=params, timeout=VIEW_TIMEOUT)
+        response = await self._request("GET", "/view", params=params, timeout=self.view_timeout)
         if response.status_code != 200:
             raise NotFound(f"ComfyUI has no file {file.filename!r} ({response.status_code}).")
         return response.content

@@ -73,6 +73,7 @@ class Faults:
     drop_once: bool = True  # ...and then switch drop_ws_after off again
     http_500: set[str] = field(default_factory=set)  # paths ("/prompt", "/view", ...) that answer 500
     view_delay: float = 0.0  # seconds /view waits before answering
+    prompt_answer_delay: float = 0.0  # seconds POST /prompt waits after queueing (the event race)
     fail_node: str | None = None  # a node id or class_type that raises at execution time
     fail_message: str = "Emulated failure (fault switch)"
 
@@ -588,6 +589,8 @@ class Emulator:
             self.pending.append(item)
         await self._broadcast_status()
         self._wake.set()
+        if self.faults.prompt_answer_delay:
+            await asyncio.sleep(self.faults.prompt_answer_delay)
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     def _check_image(self, value: Any) -> str | bool:
