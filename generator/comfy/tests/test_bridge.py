@@ -63,6 +63,16 @@ async def wait_for_status(pk: int, *statuses: str, within: float = 20.0) -> Prom
         await asyncio.sleep(0.05)
 
 
+async def wait_for_attempt_running(pk: int, attempt: int, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        prompt = await Prompt.objects.aget(pk=pk)
+        if prompt.status == S.RUNNING and prompt.submit_attempts == attempt:
+            return
+        assert time.monotonic() < deadline, f"attempt {attempt} of job {pk} never ran ({prompt.status})"
+        await asyncio.sleep(0.05)
+
+
 async def listen(user) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(JobsConsumer.as_asgi(), "/ws/jobs/")
     communicator.scope["user"] = user
@@ -241,10 +251,9 @@ async def test_a_job_lost_by_two_restarts_fails_instead_of_running_forever(slow_
     job = await new_job(steps=30)
     async with running_bridge(slow_emulator.url) as bridge:
         bridge.wake.set()
-        for _ in range(2):
-            await wait_for_status(job.pk, S.RUNNING)
+        for attempt in (1, 2):
+            await wait_for_attempt_running(job.pk, attempt)
             await slow_emulator.restart()
-            await asyncio.sleep(0.3)
         failed = await wait_for_status(job.pk, S.FAILED, within=30)
 
     assert "restarted" in failed.error
