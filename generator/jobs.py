@@ -139,10 +139,6 @@ def unsubmit(pk: int) -> None:
         Prompt.objects.filter(pk=pk).update(submit_attempts=F("submit_attempts") - 1)
 
 
-def save_progress(pk: int, progress: float) -> None:
-    Prompt.objects.filter(pk=pk, status=S.RUNNING).update(progress=progress)
-
-
 def has_output(pk: int, node_id: str, index: int) -> bool:
     return GeneratedImage.objects.filter(prompt_id=pk, node_id=node_id, output_index=index).exists()
 

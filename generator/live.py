@@ -32,6 +32,7 @@ class LiveState:
     node_title: str = ""
     step: int = 0
     steps: int = 0
+    progress: float = 0.0  # of the whole workflow, 0 to 1
     cancelling: bool = False
 
     @property

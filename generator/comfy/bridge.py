@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +46,6 @@ from .events import (
     HistoryEntry,
     Preview,
     Progress,
-    Status,
 )
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class Bridge:
         self.submitting = asyncio.Lock()
         self.layer = get_channel_layer()
         self._tasks: list[asyncio.Task] = []
+        self._state_work: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,6 +123,8 @@ class Bridge:
         await db(self._save_backend)(online=False, status_message="connecting")
         self._tasks = [
             asyncio.create_task(self._consume_events(), name=f"bridge-events {self.url}"),
+            asyncio.create_task(self._run_state_work(), name=f"bridge-state {self.url}"),
+            asyncio.create_task(self._run_outbox(), name=f"bridge-outbox {self.url}"),
             asyncio.create_task(self._dispatch(), name=f"bridge-dispatch {self.url}"),
             asyncio.create_task(self._watch_silence(), name=f"bridge-watchdog {self.url}"),
             asyncio.create_task(self._listen_control(), name=f"bridge-control {self.url}"),
@@ -140,47 +145,66 @@ class Bridge:
     async def _consume_events(self) -> None:
         async for event in self.connection.events():
             try:
-                await self.handle_event(event)
+                self.handle_event(event)
             except Exception:  # one bad event must not stop the bridge
                 logger.exception("Bridge %s: failed to handle %r", self.url, type(event).__name__)
 
-    async def handle_event(self, event: Any) -> None:
+    def handle_event(self, event: Any) -> None:
+        """Relay what can be relayed at once; queue what touches the database, in order.
+
+        Progress, node changes and previews go to the browser straight from memory, so they
+        never wait behind a database write; status changes and imports run one by one on
+        the state worker, in the order ComfyUI reported them.
+        """
         if isinstance(event, Connected):
-            await self._on_connected()
+            self._later(self._on_connected)
             return
         if isinstance(event, Disconnected):
             self.connected.clear()
-            await db(self._save_backend)(online=False, status_message=f"connection lost: {event.reason}")
-            return
-        if isinstance(event, Status):
+            self._later(
+                lambda: db(self._save_backend)(
+                    online=False, status_message=f"connection lost: {event.reason}"
+                )
+            )
             return
         active = self._active_for(event)
         if active is None:
             return
         active.last_event = time.monotonic()
         if isinstance(event, ExecutionStart):
-            await self._on_start(active)
+            self.running_prompt_id = active.job.comfy_prompt_id
+            active.started = True
+            self._later(lambda: self._on_start(active))
         elif isinstance(event, ExecutionCached):
             active.done_nodes.update(event.nodes)
         elif isinstance(event, Executing):
-            await self._on_executing(active, event)
+            self._on_executing(active, event)
         elif isinstance(event, Progress):
-            await self._on_progress(active, event)
+            active.live.step, active.live.steps = event.value, event.max
+            self._relay_progress(active, force=event.value >= event.max)
         elif isinstance(event, Preview):
-            await self._on_preview(active, event)
+            self._on_preview(active, event)
         elif isinstance(event, Executed):
-            await self._import_outputs(active, event.node, event.files)
+            self._later(lambda: self._import_outputs(active, event.node, event.files))
         elif isinstance(event, ExecutionSuccess):
-            await self._finish(active, S.SUCCEEDED)
+            self._later(lambda: self._finish(active, S.SUCCEEDED))
         elif isinstance(event, ExecutionError):
             workflow = self._workflow(active)
-            await self._finish(
-                active,
-                S.FAILED,
-                error=event.describe(workflow.node_title(event.node_id) if workflow else None),
-            )
+            error = event.describe(workflow.node_title(event.node_id) if workflow else None)
+            self._later(lambda: self._finish(active, S.FAILED, error=error))
         elif isinstance(event, ExecutionInterrupted):
-            await self._on_interrupted(active)
+            self._later(lambda: self._on_interrupted(active))
+
+    def _later(self, work: Callable[[], Awaitable[Any]]) -> None:
+        self._state_work.put_nowait(work)
+
+    async def _run_state_work(self) -> None:
+        while True:
+            work = await self._state_work.get()
+            try:
+                await work()
+            except Exception:
+                logger.exception("Bridge %s: state update failed", self.url)
 
     def _active_for(self, event: Any) -> ActiveJob | None:
         prompt_id = getattr(event, "prompt_id", None)
@@ -198,31 +222,27 @@ class Bridge:
         self.wake.set()
 
     async def _on_start(self, active: ActiveJob) -> None:
-        self.running_prompt_id = active.job.comfy_prompt_id
-        active.started = True
         await db(jobs.transition)(active.pk, S.RUNNING)
         await self._send_card(active)
 
-    async def _on_executing(self, active: ActiveJob, event: Executing) -> None:
+    def _on_executing(self, active: ActiveJob, event: Executing) -> None:
         if event.is_end:
             if self.running_prompt_id == active.job.comfy_prompt_id:
                 self.running_prompt_id = None
-            if active.job.comfy_prompt_id in self.active:  # ended without a verdict we saw
-                await self.reconcile([active])
+            self._later(lambda: self._on_end(active))
             return
         if active.current_node:
             active.done_nodes.add(active.current_node)
         active.current_node = event.node or ""
         active.live.node_title = active.node_titles.get(active.current_node, f"node {active.current_node}")
         active.live.step = active.live.steps = 0
-        await db(jobs.save_progress)(active.pk, active.overall_progress())
-        await self._send_progress(active, force=True)
+        self._relay_progress(active, force=True)
 
-    async def _on_progress(self, active: ActiveJob, event: Progress) -> None:
-        active.live.step, active.live.steps = event.value, event.max
-        await self._send_progress(active, force=event.value >= event.max)
+    async def _on_end(self, active: ActiveJob) -> None:
+        if active.job.comfy_prompt_id in self.active:  # it ended without a verdict we saw
+            await self.reconcile([active])
 
-    async def _on_preview(self, active: ActiveJob, event: Preview) -> None:
+    def _on_preview(self, active: ActiveJob, event: Preview) -> None:
         now = time.monotonic()
         if now - active.last_preview_sent < self.settings.preview_interval:
             return
@@ -235,7 +255,7 @@ class Bridge:
                 "image_b64": base64.b64encode(event.image).decode(),
             },
         )
-        await self._send(active.job.owner_id, html)
+        self._relay(active.job.owner_id, html)
 
     async def _on_interrupted(self, active: ActiveJob) -> None:
         job = await db(jobs.get_job)(active.pk)
@@ -361,7 +381,9 @@ class Bridge:
         elif isinstance(entry.failure, ExecutionInterrupted):
             await self._on_interrupted(active)
         elif isinstance(entry.failure, ExecutionError):
-            await self.handle_event(entry.failure)
+            workflow = self._workflow(active)
+            title = workflow.node_title(entry.failure.node_id) if workflow else None
+            await self._finish(active, S.FAILED, error=entry.failure.describe(title))
         else:
             await self._finish(active, S.FAILED, error="ComfyUI reported an error but gave no details.")
 
@@ -383,7 +405,7 @@ class Bridge:
             now = time.monotonic()
             silent = [a for a in self.active.values() if now - a.last_event > self.settings.silence_seconds]
             if silent:
-                await self.reconcile(silent)
+                self._later(functools.partial(self.reconcile, silent))
 
     # -- control messages from the web processes -------------------------------------------
 
@@ -396,7 +418,7 @@ class Bridge:
                 if message.get("type") == "wake":
                     self.wake.set()
                 elif message.get("type") == "cancel.job":
-                    await self.cancel(int(message["prompt"]))
+                    self._later(functools.partial(self.cancel, int(message["prompt"])))
         finally:
             await self.layer.group_discard(BRIDGE_GROUP, channel)
 
@@ -420,7 +442,7 @@ class Bridge:
                     return
         except ComfyError as error:
             logger.warning("Bridge %s: cancel of job %s failed: %s", self.url, pk, error)
-        await self._send_progress(active, force=True)
+        self._relay_progress(active, force=True)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -434,28 +456,39 @@ class Bridge:
         except WorkflowError:
             return None
 
-    async def _send(self, owner_id: int, html: str) -> None:
-        await self.layer.group_send(user_group(owner_id), {"type": "job.html", "html": html})
-
     async def _send_card(self, active: ActiveJob) -> None:
         save_live_state(active.pk, active.live)
         owner_id, html = await db(jobs.card_html)(active.pk, active.live)
-        await self._send(owner_id, html)
+        self._relay(owner_id, html)
 
-    async def _send_progress(self, active: ActiveJob, *, force: bool = False) -> None:
+    def _relay(self, owner_id: int, html: str) -> None:
+        """Queue a fragment for the owner's tabs; one sender keeps them in order."""
+        self._outbox.put_nowait((owner_id, html))
+
+    async def _run_outbox(self) -> None:
+        while True:
+            owner_id, html = await self._outbox.get()
+            try:
+                await self.layer.group_send(user_group(owner_id), {"type": "job.html", "html": html})
+            except Exception:
+                logger.exception("Bridge %s: relay to user %s failed", self.url, owner_id)
+
+    def _relay_progress(self, active: ActiveJob, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - active.last_progress_sent < self.settings.progress_interval:
             return
         active.last_progress_sent = now
+        active.live.progress = active.overall_progress()
         save_live_state(active.pk, active.live)
         # Rendered from what the bridge knows: no database read on the hottest path.
         status = S.RUNNING if active.started else S.SUBMITTED
-        prompt = Prompt(pk=active.pk, status=status, progress=active.overall_progress())
-        await self._send(active.job.owner_id, render_progress(prompt, live=active.live))
+        self._relay(
+            active.job.owner_id, render_progress(Prompt(pk=active.pk, status=status), live=active.live)
+        )
 
     async def _send_queue_positions(self) -> None:
         for owner_id, html in await db(jobs.queued_cards)():
-            await self._send(owner_id, html)
+            self._relay(owner_id, html)
 
     async def _refresh_backend_info(self) -> None:
         try:
