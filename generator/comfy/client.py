@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from .errors import BackendUnreachable, NotFound, ProtocolError, WorkflowRejected
+from .errors import BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
 from .events import HistoryEntry, OutputFile, parse_history
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
@@ -57,8 +58,8 @@ class ComfyClient:
         self,
         base_url: str,
         *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        view_timeout: httpx.Timeout = VIEW_TIMEOUT,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        view_timeout: httpx.Timeout | float = VIEW_TIMEOUT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.view_timeout = view_timeout
@@ -175,12 +176,19 @@ class ComfyClient:
         overwrite: bool = False,
         image_type: str = "input",
     ) -> UploadedImage:
+        """Store an image in ComfyUI's input (or temp/output) folder, for LoadImage to read.
+
+        ComfyUI keeps the name when the same bytes are already there and renames ("x (1).png")
+        when other bytes are; use the answer's `load_image_value`, never `filename`.
+        """
         form = {"type": image_type, "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         response = await self._request(
-            "POST", "/upload/image", data=form, files={"image": (filename, data, "image/png")}
+            "POST", "/upload/image", data=form, files={"image": (filename, data, content_type)}
         )
         if response.status_code != 200:
-            raise ProtocolError(f"ComfyUI refused the upload of {filename!r} (HTTP {response.status_code}).")
+            # ComfyUI answers 400 with an empty body, e.g. for a subfolder outside its input folder.
+            raise ComfyError(f"ComfyUI refused the upload of {filename!r} (HTTP {response.status_code}).")
         body = self._json(response)
         try:
             return UploadedImage(

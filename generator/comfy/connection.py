@@ -64,17 +64,26 @@ class ComfyConnection:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._socket: ClientConnection | None = None
-        self._closed = False
+        self._closed = asyncio.Event()
 
     async def close(self) -> None:
-        self._closed = True
+        """End events(): closes the socket, or cuts short a wait before reconnecting."""
+        self._closed.set()
         if self._socket is not None:
             await self._socket.close()
 
+    async def _backoff(self, delay: float) -> None:
+        # Jitter keeps many bridges from reconnecting in lockstep after ComfyUI restarts.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), delay * random.uniform(0.8, 1.2))
+
     async def events(self) -> AsyncIterator[Event | Connected | Disconnected]:
-        """Events until close(); reconnects with backoff whenever the socket is lost."""
+        """Events until close(); reconnects with backoff whenever the socket is lost.
+
+        While ComfyUI is unreachable every failed attempt yields a Disconnected saying why.
+        """
         delay = self.backoff_initial
-        while not self._closed:
+        while not self._closed.is_set():
             try:
                 socket = await connect(
                     self.url,
@@ -88,9 +97,12 @@ class ComfyConnection:
                     "ComfyUI websocket %s: cannot connect (%s); retrying in %.1fs", self.url, error, delay
                 )
                 yield Disconnected(f"cannot connect: {error}")
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                await self._backoff(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
+            if self._closed.is_set():  # close() came while connecting
+                await socket.close()
+                return
             self._socket = socket
             try:
                 async for item in self._session(socket):
@@ -108,10 +120,10 @@ class ComfyConnection:
                     await socket.close()
                     await socket.wait_closed()
                 self._socket = None
-            if self._closed:
+            if self._closed.is_set():
                 return
             yield Disconnected(reason)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            await self._backoff(delay)
             delay = min(delay * 2, self.backoff_max)
 
     async def _session(self, socket: ClientConnection) -> AsyncIterator[Event | Connected]:
@@ -154,6 +166,7 @@ class PromptEventBuffer:
 
     def release(self, prompt_id: str) -> list[Event]:
         """The events held for `prompt_id`, in arrival order, now that it is known."""
+        self._drop_old(time.monotonic())
         return self._held.pop(prompt_id, (0.0, []))[1]
 
     def _drop_old(self, now: float) -> None:

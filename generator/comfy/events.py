@@ -2,8 +2,11 @@
 
 Built from recordings of ComfyUI 0.3.64 (tests/recordings). Text messages are
 `{"type": T, "data": D}`; binary frames start with a big-endian u32 event type. Message and
-frame types we do not know are ignored (ComfyUI keeps adding them); a known type whose data
-lacks what the recordings always carry raises ProtocolError.
+frame types we do not know are ignored (ComfyUI keeps adding them: parse_* return None and log
+at debug level). What cannot be ComfyUI talking raises ProtocolError: text that is not JSON, a
+message without a type, a known type whose data lacks what the recordings always carry, a binary
+frame shorter than its header. The connection logs and skips such messages rather than dropping
+the socket.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ class NodeProgress:
     max: float
     state: str  # "running" or "finished"
     display_node_id: str | None = None
+    parent_node_id: str | None = None  # set inside node groups / subgraphs
+    real_node_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +121,8 @@ def _output_files(output: Mapping[str, Any]) -> tuple[OutputFile, ...]:
 class Executed:
     prompt_id: str
     node: str
+    display_node: str | None
     output: Mapping[str, Any]
-    display_node: str | None = None
 
     @property
     def files(self) -> tuple[OutputFile, ...]:
@@ -184,18 +189,41 @@ Event: TypeAlias = (
 )
 
 
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _node_progress(node_id: str, data: Mapping[str, Any]) -> NodeProgress:
     return NodeProgress(
         node_id=str(data.get("node_id", node_id)),
         value=data.get("value", 0),
         max=data.get("max", 0),
         state=str(data.get("state", "")),
-        display_node_id=data.get("display_node_id"),
+        display_node_id=_str_or_none(data.get("display_node_id")),
+        parent_node_id=_str_or_none(data.get("parent_node_id")),
+        real_node_id=_str_or_none(data.get("real_node_id")),
     )
 
 
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _execution_error(d: Mapping[str, Any]) -> ExecutionError:
+    return ExecutionError(
+        prompt_id=d["prompt_id"],
+        node_id=str(d["node_id"]),
+        node_type=str(d.get("node_type", "")),
+        exception_message=str(d.get("exception_message", "")),
+        exception_type=str(d.get("exception_type", "")),
+        traceback=tuple(str(line) for line in d.get("traceback") or ()),
+        executed=tuple(str(n) for n in d.get("executed") or ()),
+    )
+
+
+def _execution_interrupted(d: Mapping[str, Any]) -> ExecutionInterrupted:
+    return ExecutionInterrupted(
+        prompt_id=d["prompt_id"],
+        node_id=_str_or_none(d.get("node_id")),
+        node_type=_str_or_none(d.get("node_type")),
+        executed=tuple(str(n) for n in d.get("executed") or ()),
+    )
 
 
 _TEXT_PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
@@ -217,24 +245,11 @@ _TEXT_PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
         d["prompt_id"], {str(k): _node_progress(str(k), v) for k, v in d["nodes"].items()}
     ),
     "executed": lambda d: Executed(
-        d["prompt_id"], str(d["node"]), d.get("output") or {}, _str_or_none(d.get("display_node"))
+        d["prompt_id"], str(d["node"]), _str_or_none(d.get("display_node")), d.get("output") or {}
     ),
     "execution_success": lambda d: ExecutionSuccess(d["prompt_id"], d.get("timestamp")),
-    "execution_error": lambda d: ExecutionError(
-        prompt_id=d["prompt_id"],
-        node_id=str(d["node_id"]),
-        node_type=str(d.get("node_type", "")),
-        exception_message=str(d.get("exception_message", "")),
-        exception_type=str(d.get("exception_type", "")),
-        traceback=tuple(d.get("traceback") or ()),
-        executed=tuple(str(n) for n in d.get("executed") or ()),
-    ),
-    "execution_interrupted": lambda d: ExecutionInterrupted(
-        prompt_id=d["prompt_id"],
-        node_id=_str_or_none(d.get("node_id")),
-        node_type=_str_or_none(d.get("node_type")),
-        executed=tuple(str(n) for n in d.get("executed") or ()),
-    ),
+    "execution_error": lambda d: _execution_error(d),
+    "execution_interrupted": lambda d: _execution_interrupted(d),
 }
 
 
@@ -271,10 +286,14 @@ def parse_binary(frame: bytes) -> Event | None:
         return Preview(image=frame[8:], mime_type=IMAGE_FORMATS.get(second, "image/jpeg"))
     if event_type == PREVIEW_IMAGE_WITH_METADATA:
         end = 8 + second
+        if end > len(frame):
+            raise ProtocolError(f"ComfyUI's preview frame announces {second} bytes of metadata it lacks.")
         try:
             metadata = json.loads(frame[8:end])
         except ValueError as error:
             raise ProtocolError(f"ComfyUI's preview metadata is not JSON: {error}") from error
+        if not isinstance(metadata, Mapping):
+            raise ProtocolError("ComfyUI's preview metadata is not a JSON object.")
         return Preview(
             image=frame[end:],
             mime_type=str(metadata.get("image_type", "image/jpeg")),
@@ -303,7 +322,7 @@ class HistoryEntry:
     prompt_id: str
     status_str: str  # "success" or "error"
     completed: bool
-    outputs: Mapping[str, tuple[OutputFile, ...]]  # by node id
+    outputs: Mapping[str, tuple[OutputFile, ...]]  # by node id, each node's files in ComfyUI's order
     failure: ExecutionError | ExecutionInterrupted | None = None
 
     @property
@@ -311,6 +330,7 @@ class HistoryEntry:
         return self.status_str == "success" and self.completed
 
     def outputs_by_node(self) -> Mapping[str, tuple[OutputFile, ...]]:
+        """The files by node id; a file's index is its position in its node's tuple."""
         return self.outputs
 
 
@@ -321,15 +341,17 @@ def parse_history(prompt_id: str, answer: Any) -> HistoryEntry | None:
     entry = answer.get(prompt_id)
     if not entry:
         return None
+    if not isinstance(entry, Mapping):
+        raise ProtocolError(f"ComfyUI's history of {prompt_id} is not a JSON object.")
     try:
         status = entry.get("status") or {}
         outputs = {str(node): _output_files(output) for node, output in (entry.get("outputs") or {}).items()}
         failure: ExecutionError | ExecutionInterrupted | None = None
         for name, data in status.get("messages") or ():
-            if name in ("execution_error", "execution_interrupted"):
-                parsed = _TEXT_PARSERS[name](data)
-                assert isinstance(parsed, ExecutionError | ExecutionInterrupted)
-                failure = parsed
+            if name == "execution_error":
+                failure = _execution_error(data)
+            elif name == "execution_interrupted":
+                failure = _execution_interrupted(data)
         return HistoryEntry(
             prompt_id=prompt_id,
             status_str=str(status.get("status_str", "")),
@@ -337,5 +359,5 @@ def parse_history(prompt_id: str, answer: Any) -> HistoryEntry | None:
             outputs=outputs,
             failure=failure,
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ProtocolError(f"ComfyUI's history of {prompt_id} is malformed: {error}") from error

@@ -65,19 +65,38 @@ def test_every_recorded_message_parses_into_its_event_with_its_fields(transcript
                 assert (event.node, event.value, event.max) == (data["node"], data["value"], data["max"])
             case ProgressState():
                 assert set(event.nodes) == set(data["nodes"])
-                assert all(n.state in ("running", "finished") for n in event.nodes.values())
+                for node_id, node in event.nodes.items():
+                    recorded = data["nodes"][node_id]
+                    assert (node.node_id, node.value, node.max, node.state) == (
+                        recorded["node_id"],
+                        recorded["value"],
+                        recorded["max"],
+                        recorded["state"],
+                    )
+                    assert node.display_node_id == recorded["display_node_id"]
+                    assert node.real_node_id == recorded["real_node_id"]
             case ExecutionCached():
                 assert list(event.nodes) == data["nodes"]
             case Executed():
+                assert (event.node, event.display_node) == (data["node"], data["display_node"])
                 images = data["output"]["images"]
                 assert [f.filename for f in event.files] == [i["filename"] for i in images]
                 assert all(f.kind == "images" for f in event.files)
             case ExecutionError():
                 assert (event.node_id, event.node_type) == (data["node_id"], data["node_type"])
-                assert event.exception_type == data["exception_type"]
+                assert (event.exception_type, event.exception_message) == (
+                    data["exception_type"],
+                    data["exception_message"],
+                )
+                assert event.traceback == tuple(data["traceback"])
                 assert event.executed == tuple(data["executed"])
             case ExecutionInterrupted():
                 assert (event.node_id, event.node_type) == ("3", "KSampler")
+                assert event.executed == tuple(data["executed"])
+            case ExecutionStart() | ExecutionSuccess():
+                assert event.timestamp == data["timestamp"]
+            case FeatureFlags():
+                assert event.flags == data
 
 
 def test_the_first_status_after_connecting_names_the_socket():
@@ -102,31 +121,56 @@ def test_execution_errors_read_as_a_sentence():
 
 
 def recorded_frame(record: dict) -> bytes:
-    """Rebuild a recorded binary frame from its header and the recorded sample payload."""
+    """Rebuild a recorded binary frame: its recorded header, then (type 4) its metadata as
+    ComfyUI serialises it, then a recorded preview payload of the same type."""
     header = bytes.fromhex(record["header_hex"])
     if record["type"] == 4:
-        image = (SAMPLES / "preview_metadata_preview_type4.jpg").read_bytes()
-        return header + json.dumps(record["metadata"]).encode().ljust(record["metadata_len"]) + image
+        metadata = json.dumps(record["metadata"]).encode()
+        assert len(metadata) == record["metadata_len"]
+        return header + metadata + (SAMPLES / "preview_metadata_preview_type4.jpg").read_bytes()
     return header + (SAMPLES / "txt2img_preview_type1.jpg").read_bytes()
 
 
-@pytest.mark.parametrize(
-    "transcript", ["success_txt2img", "success_txt2img_preview_metadata", "execution_error"]
-)
-def test_recorded_preview_frames_decode_by_their_header(transcript):
-    frames = binary_frames(transcript)
-    assert frames
+TRANSCRIPTS_WITH_PREVIEWS = [name for name in TRANSCRIPTS if binary_frames(name)]
 
-    for record in frames:
+
+def test_previews_were_recorded_in_most_transcripts():
+    assert len(TRANSCRIPTS_WITH_PREVIEWS) >= 8
+
+
+@pytest.mark.parametrize("transcript", TRANSCRIPTS_WITH_PREVIEWS)
+def test_recorded_preview_frames_decode_by_their_header(transcript):
+    for record in binary_frames(transcript):
         event = parse_binary(recorded_frame(record))
+
         assert isinstance(event, Preview)
         assert event.mime_type == "image/jpeg"
         assert event.image.startswith(bytes.fromhex(record["payload_magic_hex"]))
         if record["type"] == 4:
             assert event.prompt_id == record["metadata"]["prompt_id"]
-            assert event.node_id == "3"
+            assert event.node_id == record["metadata"]["node_id"]
         else:
-            assert event.prompt_id is None
+            assert (event.prompt_id, event.node_id) == (None, None)
+
+
+def test_a_type_1_frame_with_image_format_2_is_a_png():
+    png = (SAMPLES / "txt2img_ComfyUI_00001_.png").read_bytes()
+
+    assert parse_binary(struct.pack(">II", 1, 2) + png) == Preview(png, "image/png")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        struct.pack(">II", 4, 500) + b'{"prompt_id": "p"}',  # announces more metadata than it has
+        struct.pack(">II", 4, 9) + b"not json!",
+        struct.pack(">II", 4, 2) + b"[]",
+    ],
+    ids=["metadata-cut-short", "metadata-not-json", "metadata-not-an-object"],
+)
+def test_a_type_4_frame_with_bad_metadata_is_a_protocol_error(frame):
+    with pytest.raises(ProtocolError):
+        parse_binary(frame)
 
 
 def test_preview_frames_we_build_decode_to_the_same_preview():
@@ -193,6 +237,7 @@ def test_history_of_an_unknown_prompt_is_none():
 def test_output_files_of_any_kind_are_found_and_temp_files_are_not_kept():
     event = Executed(
         "p",
+        "12",
         "12",
         {
             "gifs": [
