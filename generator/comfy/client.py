@@ -74,7 +74,8 @@ class ComfyClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, missing: str = "", **kwargs: Any) -> httpx.Response:
+        """The response, or the typed error for a failure; `missing` words a 404."""
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as error:
@@ -88,7 +89,7 @@ class ComfyClient:
                 f"ComfyUI at {self.base_url} failed on {method} {path} (HTTP {response.status_code})."
             )
         if response.status_code == 404:
-            raise NotFound(f"ComfyUI has no {path}.")
+            raise NotFound(missing or f"ComfyUI has no {path}.")
         return response
 
     @staticmethod
@@ -162,9 +163,12 @@ class ComfyClient:
     async def view(self, file: OutputFile) -> bytes:
         """The bytes of an output file, exactly as ComfyUI stored them."""
         params = {"filename": file.filename, "subfolder": file.subfolder, "type": file.type}
-        response = await self._request("GET", "/view", params=params, timeout=self.view_timeout)
-        if response.status_code != 200:
-            raise NotFound(f"ComfyUI has no file {file.filename!r} ({response.status_code}).")
+        missing = f"ComfyUI has no file {file.filename!r} in its {file.type} folder."
+        response = await self._request(
+            "GET", "/view", params=params, timeout=self.view_timeout, missing=missing
+        )
+        if response.status_code != 200:  # 400: a name that points outside ComfyUI's folders
+            raise NotFound(missing)
         return response.content
 
     async def upload_image(

@@ -1,6 +1,8 @@
-"""The REST client against the emulator on a real port: every call, every typed error."""
+"""The REST client: first against the recorded answers of a real ComfyUI, replayed by a tiny
+server, then against the emulator on a real port: every call, every typed error."""
 
 import asyncio
+import json
 import socket
 import uuid
 
@@ -8,11 +10,244 @@ import httpx
 import pytest
 from aiohttp import web
 
-from generator.comfy.client import ComfyClient, QueueSnapshot
-from generator.comfy.errors import BackendUnreachable, NotFound, ProtocolError, WorkflowRejected
+from generator.comfy.client import ComfyClient, QueuedPrompt, QueueSnapshot
+from generator.comfy.errors import BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
 from generator.comfy.events import OutputFile
 
-from .recording import SAMPLES, workflow
+from .recording import RECORDINGS, SAMPLES, http_errors, http_exchanges, workflow
+from .test_errors import EXPECTED
+
+# -- against recorded answers ------------------------------------------------------------------
+
+
+class RecordedComfyUI:
+    """Answers each (method, path) with a response recorded from ComfyUI 0.3.64, and keeps what
+    it was sent. Unknown routes answer 404, as aiohttp does."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[str, str], dict] = {}
+        self.received: list[tuple[str, str, object]] = []  # method, path with query, body
+        self.delay = 0.0  # seconds before answering anything
+        self.url = ""
+
+    def answer(self, method: str, path: str, response: dict) -> None:
+        self.answers[(method, path)] = response
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type == "multipart/form-data":
+            form = await request.post()
+            body: object = {k: getattr(v, "filename", v) for k, v in form.items()}
+        else:
+            raw = await request.read()
+            body = json.loads(raw) if raw else None
+        self.received.append((request.method, request.path_qs, body))
+        await asyncio.sleep(self.delay)
+        recorded = self.answers.get((request.method, request.path))
+        if recorded is None:
+            return web.Response(status=404)
+        if "json" in recorded:
+            return web.json_response(recorded["json"], status=recorded["status"])
+        if "image" in recorded:
+            return web.Response(body=recorded["body"], content_type="image/png")
+        return web.Response(status=recorded["status"], text=recorded.get("text") or None)
+
+
+@pytest.fixture
+async def recorded():
+    server = RecordedComfyUI()
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    yield server
+    await runner.cleanup()
+
+
+def exchange(transcript: str, method: str, path_start: str, index: int = 0) -> dict:
+    found = [
+        e for e in http_exchanges(transcript) if e["method"] == method and e["path"].startswith(path_start)
+    ]
+    return found[index]
+
+
+HTTP_MISC = json.loads((RECORDINGS / "http_misc.json").read_text())
+REJECTIONS = {case["name"]: case for case in http_errors()}
+
+
+@pytest.mark.parametrize("name", sorted(REJECTIONS))
+async def test_every_recorded_rejection_raises_a_typed_error(recorded, name):
+    case = REJECTIONS[name]
+    recorded.answer("POST", "/prompt", case["response"])
+    graph = (case["request"].get("json") or {}).get("prompt", {})
+
+    async with ComfyClient(recorded.url) as comfy:
+        with pytest.raises(ComfyError) as raised:
+            await comfy.queue_prompt(graph, prompt_id="our-id", client_id="site")
+
+    if case["response"]["status"] == 500:  # ComfyUI's answer to a body that is not JSON
+        assert isinstance(raised.value, BackendUnreachable)
+        assert "HTTP 500" in str(raised.value)
+    else:
+        assert isinstance(raised.value, WorkflowRejected)
+        assert raised.value.describe(workflow("txt2img")) == EXPECTED[name]
+
+
+async def test_queue_prompt_sends_our_prompt_id_and_client_id_and_reads_the_number(recorded):
+    answer = exchange("success_txt2img", "POST", "/prompt")["response"]
+    recorded.answer("POST", "/prompt", answer)
+    graph = workflow("txt2img")
+
+    async with ComfyClient(recorded.url) as comfy:
+        queued = await comfy.queue_prompt(
+            graph, prompt_id=answer["json"]["prompt_id"], client_id="site", extra_data={"k": 1}
+        )
+
+    assert queued == QueuedPrompt(answer["json"]["prompt_id"], 0)
+    assert recorded.received == [
+        (
+            "POST",
+            "/prompt",
+            {
+                "prompt": graph,
+                "client_id": "site",
+                "prompt_id": answer["json"]["prompt_id"],
+                "extra_data": {"k": 1},
+            },
+        )
+    ]
+
+
+async def test_front_asks_comfyui_to_put_the_prompt_first(recorded):
+    recorded.answer("POST", "/prompt", exchange("success_txt2img", "POST", "/prompt")["response"])
+
+    async with ComfyClient(recorded.url) as comfy:
+        await comfy.queue_prompt({}, prompt_id="p", client_id="site", front=True)
+
+    assert recorded.received[0][2]["front"] is True
+
+
+async def test_a_recorded_queue_gives_running_and_pending_ids_in_order(recorded):
+    answer = exchange("queue_delete", "GET", "/queue")["response"]
+    recorded.answer("GET", "/queue", answer)
+    recorded.answer("GET", "/prompt", exchange("queue_delete", "GET", "/prompt")["response"])
+
+    async with ComfyClient(recorded.url) as comfy:
+        snapshot = await comfy.queue()
+        remaining = await comfy.queue_remaining()
+
+    running = tuple(item[1] for item in answer["json"]["queue_running"])
+    pending = tuple(item[1] for item in answer["json"]["queue_pending"])
+    assert snapshot == QueueSnapshot(running, pending)
+    assert (len(running), len(pending), remaining) == (1, 2, 3)
+    assert [snapshot.position(p) for p in (*running, *pending)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("transcript", "sample"),
+    [("success_txt2img", "txt2img_ComfyUI_00001_.png"), ("img2img", "img2img_ComfyUI_img2img_00001_.png")],
+)
+async def test_recorded_history_leads_to_the_output_file_through_view(recorded, transcript, sample):
+    history = exchange(transcript, "GET", "/history/")
+    prompt_id = history["path"].rsplit("/", 1)[1]
+    recorded.answer("GET", history["path"], history["response"])
+    png = (SAMPLES / sample).read_bytes()
+    recorded.answer("GET", "/view", {"status": 200, "image": True, "body": png})
+
+    async with ComfyClient(recorded.url) as comfy:
+        entry = await comfy.history(prompt_id)
+        (output,) = entry.outputs["9"]
+        data = await comfy.view(output)
+
+    assert entry.succeeded
+    assert data == png
+    viewed = httpx.URL(recorded.received[-1][1]).params
+    assert dict(viewed) == {"filename": output.filename, "subfolder": "", "type": "output"}
+
+
+async def test_history_of_an_unknown_or_deleted_prompt_is_none(recorded):
+    recorded.answer("GET", "/history/gone", HTTP_MISC["GET /history/{deleted id}"])
+
+    async with ComfyClient(recorded.url) as comfy:
+        assert await comfy.history("gone") is None
+
+
+async def test_recorded_not_found_and_path_traversal_answers_raise_not_found(recorded):
+    recorded.answer("GET", "/object_info/NoSuchNode", HTTP_MISC["GET /object_info/NoSuchNode"])
+    recorded.answer("GET", "/view", HTTP_MISC["GET /view?filename=does_not_exist.png&type=output"])
+
+    async with ComfyClient(recorded.url) as comfy:
+        with pytest.raises(NotFound, match="NoSuchNode"):
+            await comfy.object_info("NoSuchNode")
+        with pytest.raises(NotFound, match=r"does_not_exist\.png"):
+            await comfy.view(OutputFile("does_not_exist.png", "", "output"))
+        recorded.answer("GET", "/view", HTTP_MISC["GET /view?filename=..%2F..%2Fetc%2Fpasswd&type=output"])
+        with pytest.raises(NotFound, match="passwd"):
+            await comfy.view(OutputFile("../../etc/passwd", "", "output"))
+
+
+async def test_upload_sends_comfyuis_form_fields_and_reads_the_stored_name(recorded):
+    upload = exchange("img2img", "POST", "/upload/image", index=3)  # the one into a subfolder
+    recorded.answer("POST", "/upload/image", upload["response"])
+
+    async with ComfyClient(recorded.url) as comfy:
+        stored = await comfy.upload_image(b"png bytes", "sub_input.png", subfolder="harness", overwrite=True)
+
+    assert stored.load_image_value == "harness/sub_input.png"
+    assert recorded.received[0][2] == {
+        "image": "sub_input.png",
+        "type": "input",
+        "subfolder": "harness",
+        "overwrite": "true",
+    }
+
+
+async def test_an_upload_comfyui_refuses_is_a_readable_error(recorded):
+    recorded.answer("POST", "/upload/image", HTTP_MISC["POST /upload/image (subfolder escapes input dir)"])
+
+    async with ComfyClient(recorded.url) as comfy:
+        with pytest.raises(ComfyError, match=r"refused the upload of 'x\.png'"):
+            await comfy.upload_image(b"x", "x.png", subfolder="../..")
+
+
+async def test_interrupt_and_deletes_send_the_bodies_comfyui_expects(recorded):
+    empty_ok = HTTP_MISC["POST /history {delete:[id]}"]
+    for path in ("/interrupt", "/queue", "/history"):
+        recorded.answer("POST", path, empty_ok)
+
+    async with ComfyClient(recorded.url) as comfy:
+        await comfy.interrupt("running-id")
+        await comfy.delete_from_queue(["a", "b"])
+        await comfy.delete_history(["c"])
+
+    assert recorded.received == [
+        ("POST", "/interrupt", {"prompt_id": "running-id"}),
+        ("POST", "/queue", {"delete": ["a", "b"]}),
+        ("POST", "/history", {"delete": ["c"]}),
+    ]
+
+
+async def test_recorded_system_stats_are_passed_through(recorded):
+    recorded.answer("GET", "/system_stats", HTTP_MISC["GET /system_stats"])
+
+    async with ComfyClient(recorded.url) as comfy:
+        stats = await comfy.system_stats()
+
+    assert stats == HTTP_MISC["GET /system_stats"]["json"]
+
+
+async def test_a_comfyui_too_slow_to_answer_is_unreachable(recorded):
+    recorded.answer("GET", "/queue", HTTP_MISC["GET /queue"])
+    recorded.delay = 2.0
+
+    async with ComfyClient(recorded.url, timeout=0.2) as comfy:
+        with pytest.raises(BackendUnreachable, match="did not answer in time"):
+            await comfy.queue()
+
+
+# -- against the emulator ------------------------------------------------------------------------
 
 
 @pytest.fixture
