@@ -109,9 +109,8 @@ class ComfyConnection:
                     delay = self.backoff_initial
                     yield item
                 reason = "closed by ComfyUI"
-            except websockets.ConnectionClosed as closed:
-                reason = f"connection lost ({closed.rcvd.code if closed.rcvd else 'no close frame'})"
-            except (OSError, ProtocolError) as error:
+            except (websockets.ConnectionClosed, OSError, ProtocolError) as error:
+                # e.g. "sent 1011 (internal error) keepalive ping timeout; no close frame received"
                 reason = f"connection lost: {error}"
             finally:
                 # Close fully before reconnecting: ComfyUI gives a client id to its newest socket,
