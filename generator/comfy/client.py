@@ -130,6 +130,8 @@ class ComfyClient:
         response = await self._request("POST", "/prompt", json=payload)
         if response.status_code == 400:
             body = self._json(response)
+            if not isinstance(body, dict):
+                raise ProtocolError("ComfyUI refused the workflow with an answer that is not a JSON object.")
             raise WorkflowRejected(body.get("error") or {}, body.get("node_errors") or {})
         if response.status_code != 200:
             raise ProtocolError(f"ComfyUI answered POST /prompt with HTTP {response.status_code}.")

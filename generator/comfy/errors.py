@@ -23,10 +23,11 @@ class ProtocolError(ComfyError):
     """ComfyUI answered something we cannot understand."""
 
 
-def _title(workflow: Mapping[str, Any] | None, node_id: str, class_type: str) -> str:
+def _title(workflow: Mapping[str, Any] | None, node_id: str, class_type: str = "") -> str:
+    """Name a node as "Load Checkpoint (node 4)": by the title the workflow gives it, else its class."""
     node = (workflow or {}).get(node_id) or {}
-    title = (node.get("_meta") or {}).get("title") or class_type or "A node"
-    return f"{title} (node {node_id})"
+    title = (node.get("_meta") or {}).get("title") or class_type or node.get("class_type")
+    return f"{title} (node {node_id})" if title else f"Node {node_id}"
 
 
 TYPE_WORDS = {"INT": "a whole number", "FLOAT": "a number", "STRING": "text", "BOOLEAN": "true or false"}
@@ -57,9 +58,17 @@ def _input_error(error: Mapping[str, Any]) -> str:
         received_type = extra.get("received_type", "the wrong type")
         return f"“{name}” is connected to a node that gives {received_type}, not {config[0]}"
     if kind == "exception_during_inner_validation":
-        cause = extra.get("exception_message", "")
-        return f"“{name}” is connected to a node or output that does not exist ({cause})"
-    return f"{error.get('message', 'invalid input')} ({error.get('details', '')})".strip()
+        # ComfyUI follows the link while validating: a KeyError names a node that is not in the
+        # workflow, an IndexError an output slot the linked node does not have.
+        cause = str(extra.get("exception_message", ""))
+        if extra.get("exception_type") == "KeyError":
+            missing = cause.strip("'")
+            return f"“{name}” is connected to node {missing}, which is not in the workflow"
+        if extra.get("exception_type") == "IndexError":
+            return f"“{name}” is connected to an output its node does not have"
+        return f"“{name}” is connected to something ComfyUI cannot use ({cause})"
+    message, details = error.get("message") or "invalid input", error.get("details")
+    return f"{message} ({details})" if details else str(message)
 
 
 def _number_in(error: Mapping[str, Any], word: str) -> str:
@@ -85,6 +94,8 @@ class WorkflowRejected(ComfyError):
         if problems:
             return problems
         kind = self.error.get("type")
+        if kind == "invalid_prompt":
+            return [self._invalid_prompt(workflow)]
         if kind == "prompt_no_outputs":
             return ["The workflow has no output node (such as Save Image), so it would produce nothing."]
         if kind == "no_prompt":
@@ -92,3 +103,17 @@ class WorkflowRejected(ComfyError):
         message = self.error.get("message") or "ComfyUI refused the workflow"
         details = self.error.get("details")
         return [f"{message} ({details})" if details else message]
+
+    def _invalid_prompt(self, workflow: Mapping[str, Any] | None) -> str:
+        """A node ComfyUI cannot even instantiate: its type is unknown or missing."""
+        message = str(self.error.get("message", ""))
+        found = re.search(r"#(\w+)", str(self.error.get("details", "")))
+        if found is None:
+            return message or "ComfyUI refused the workflow"
+        where = _title(workflow, found.group(1))
+        unknown = re.search(r"node (\S+) does not exist", message)
+        if unknown:
+            return f"{where}: this ComfyUI has no node type “{unknown.group(1)}” (is a custom node missing?)"
+        if "class_type" in message:
+            return f"{where}: the node does not say what type it is (no class_type)"
+        return f"{where}: {message}"

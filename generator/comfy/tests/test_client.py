@@ -92,7 +92,7 @@ async def test_every_recorded_rejection_raises_a_typed_error(recorded, name):
         assert "HTTP 500" in str(raised.value)
     else:
         assert isinstance(raised.value, WorkflowRejected)
-        assert raised.value.describe(workflow("txt2img")) == EXPECTED[name]
+        assert raised.value.describe(graph) == EXPECTED[name]
 
 
 async def test_queue_prompt_sends_our_prompt_id_and_client_id_and_reads_the_number(recorded):
