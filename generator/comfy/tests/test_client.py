@@ -329,10 +329,13 @@ async def test_upload_image_returns_the_name_load_image_takes(comfy):
 
     assert plain.load_image_value == "input.png"
     assert nested.load_image_value == "site/input.png"
-    assert (
-        "site/input.png"
-        in (await comfy.object_info("LoadImage"))["LoadImage"]["input"]["required"]["image"][0]
-    )
+    assert "input.png" in (await comfy.object_info("LoadImage"))["LoadImage"]["input"]["required"]["image"][0]
+    assert await comfy.view(OutputFile("input.png", "site", "input")) == image
+
+
+async def test_an_upload_into_a_folder_outside_the_input_folder_is_refused(comfy):
+    with pytest.raises(ComfyError, match="refused the upload"):
+        await comfy.upload_image(b"png", "x.png", subfolder="../outside")
 
 
 async def test_object_info_and_system_stats(comfy):

@@ -259,12 +259,17 @@ async def test_it_connects_confirms_its_id_and_gets_tagged_previews(emulator):
     assert any(isinstance(e, ExecutionSuccess) for e in collector.events)
 
 
-async def test_a_dropped_websocket_reconnects_and_says_so(emulator):
+@pytest.mark.parametrize("abruptly", [False, True], ids=["closed", "cut"])
+async def test_a_dropped_websocket_reconnects_and_says_so(emulator, abruptly):
     async with Collector(emulator.url, "site-2") as collector, ComfyClient(emulator.url) as comfy:
         emulator.faults.drop_ws_after = 5
+        emulator.faults.drop_once = True
+        emulator.faults.drop_abruptly = abruptly  # a crash or a broken network: no close frame
         await comfy.queue_prompt(small_txt2img(), prompt_id=str(uuid.uuid4()), client_id="site-2")
         await collector.until(lambda e: isinstance(e, Disconnected))
         await collector.until(lambda e: isinstance(e, Connected), count=2)
+        dropped = next(e for e in collector.events if isinstance(e, Disconnected))
+        assert ("no close frame" in dropped.reason) == abruptly
 
         # The new socket works: the next prompt's events arrive.
         second = str(uuid.uuid4())
