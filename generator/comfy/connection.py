@@ -22,7 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .errors import ProtocolError
-from .events import Event, Status, parse_binary, parse_message
+from .events import Event, Preview, Status, parse_binary, parse_message
 
 logger = logging.getLogger(__name__)
 
@@ -149,17 +149,24 @@ class ComfyConnection:
 
 class PromptEventBuffer:
     """Holds events for prompts not registered yet; ComfyUI may report a prompt before the
-    POST /prompt that queued it has answered. Bounded in prompts and in age."""
+    POST /prompt that queued it has answered. Bounded in prompts, in events per prompt, and in
+    age; of the previews (the only big events) only the newest is kept."""
 
-    def __init__(self, max_prompts: int = 64, max_age: float = 60.0) -> None:
+    def __init__(self, max_prompts: int = 64, max_events: int = 256, max_age: float = 60.0) -> None:
         self.max_prompts = max_prompts
+        self.max_events = max_events
         self.max_age = max_age
         self._held: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
 
     def hold(self, prompt_id: str, event: Event) -> None:
         now = time.monotonic()
         born, events = self._held.get(prompt_id, (now, []))
-        events.append(event)
+        if isinstance(event, Preview):
+            events[:] = [e for e in events if not isinstance(e, Preview)]
+        if len(events) < self.max_events:
+            events.append(event)
+        else:
+            logger.debug("Event buffer for %s is full; dropping %s", prompt_id, type(event).__name__)
         self._held[prompt_id] = (born, events)
         self._drop_old(now)
 

@@ -26,6 +26,7 @@ from generator.comfy.events import (
     ExecutionStart,
     ExecutionSuccess,
     Preview,
+    Progress,
     parse_binary,
     parse_message,
 )
@@ -225,6 +226,19 @@ async def test_events_that_beat_the_post_answer_are_held_until_the_prompt_is_reg
     assert ExecutionError in kinds
     assert delivered[-1] == Executing(prompt_id, None, None)
     assert buffer.release(prompt_id) == []
+
+
+def test_the_buffer_keeps_only_the_newest_preview_and_a_bounded_number_of_events():
+    buffer = PromptEventBuffer(max_events=3)
+    start, first, newest = (
+        ExecutionStart("p"),
+        Preview(b"1", "image/jpeg", "p"),
+        Preview(b"2", "image/jpeg", "p"),
+    )
+    for event in (start, first, Progress("p", "3", 1, 20), newest, Progress("p", "3", 2, 20)):
+        buffer.hold("p", event)
+
+    assert buffer.release("p") == [start, Progress("p", "3", 1, 20), newest]
 
 
 def test_the_buffer_forgets_old_and_excess_prompts():
