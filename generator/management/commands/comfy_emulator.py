@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from generator.comfy.emulator import Emulator
+from generator.comfy.emulator import Emulator, serve_forever
 
 
 class Command(BaseCommand):
@@ -18,12 +18,16 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8188)
         parser.add_argument("--step-seconds", type=float, default=0.1, help="Time per sampling step.")
+        parser.add_argument("--no-preview", action="store_true", help="Send no preview frames.")
+        parser.add_argument("--root", help="Folder for input/, output/ and temp/ (default: a temporary one).")
 
-    def handle(self, *args: Any, host: str, port: int, step_seconds: float, **options: Any) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
+        emulator = Emulator(
+            host=options["host"],
+            port=options["port"],
+            step_seconds=options["step_seconds"],
+            preview=not options["no_preview"],
+            root=options["root"],
+        )
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self.serve(host, port, step_seconds))
-
-    async def serve(self, host: str, port: int, step_seconds: float) -> None:
-        async with Emulator(host=host, port=port, step_seconds=step_seconds) as emulator:
-            self.stdout.write(f"ComfyUI emulator at {emulator.url} (Ctrl-C to stop)")
-            await asyncio.Event().wait()
+            asyncio.run(serve_forever(emulator, announce=self.stdout.write))
