@@ -145,7 +145,7 @@ class Executor:
             self._finish_progress(run, node_id)
             return
         self._start_progress(run, node_id)
-        run.current_inputs = {}
+        kwargs = self._inputs(run, node_id)
         if self.hub.client_id is not None:
             self.hub.last_node_id = node_id
             self._send_to_client(
@@ -161,7 +161,6 @@ class Executor:
             raise EmulatedError(
                 "NotImplementedError", f"The ComfySite emulator cannot run {class_type} nodes."
             )
-        kwargs = self._inputs(run, node_id)
         context = NodeContext(
             node_id=node_id,
             class_type=class_type,

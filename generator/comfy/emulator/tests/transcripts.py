@@ -163,19 +163,22 @@ class Listener:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.socket.close()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self.socket.close()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
     async def _read(self) -> None:
         try:
-            async for message in self.socket:
+            async for message in self.socket:  # ends quietly on a clean close
                 if isinstance(message, bytes):
                     self.received.append(decode_frame(message))
                 else:
                     self.received.append({"msg": json.loads(message)})
                 self._arrived.set()
+        except websockets.ConnectionClosedError:
+            pass  # cut without a close frame: `socket.close_code` says 1006
         finally:
             self.closed.set()
             self._arrived.set()
