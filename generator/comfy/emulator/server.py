@@ -239,7 +239,11 @@ class Emulator:
         self._tasks = []
 
 
-async def serve_forever(emulator: Emulator, announce: Callable[[str], None] = print) -> None:
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+async def serve_forever(emulator: Emulator, announce: Callable[[str], None] = _print) -> None:
     """Run `emulator` until cancelled (Ctrl-C)."""
     async with emulator:
         announce(f"ComfyUI emulator (ComfySite demo backend) at {emulator.url}; Ctrl-C to stop")
