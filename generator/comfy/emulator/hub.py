@@ -58,7 +58,10 @@ class Hub:
         """Drain the queue forever, one message at a time, in order."""
         while True:
             event, data, sid = await self.messages.get()
-            await self.send(event, data, sid)
+            try:
+                await self.send(event, data, sid)
+            except Exception:  # one bad send must not silence every later message
+                logger.exception("emulator: could not send %s", event)
 
     async def send(self, event: str, data: Any, sid: str | None = None) -> None:
         if sid is None:

@@ -152,8 +152,12 @@ class Emulator:
         self._runner = web.AppRunner(
             build_app(self), access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
-        await self._runner.setup()
-        await self._listen()
+        try:
+            await self._runner.setup()
+            await self._listen()
+        except BaseException:  # e.g. the port is taken: leave nothing behind
+            await self.stop()
+            raise
         self._start_tasks()
         logger.info("ComfyUI emulator at %s", self.url)
 

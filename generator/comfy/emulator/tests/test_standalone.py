@@ -55,3 +55,13 @@ async def test_in_process_it_owns_a_temporary_folder_and_removes_it():
         root = emulator.folders.root
         assert (root / "output").is_dir()
     assert not root.exists()
+
+
+async def test_a_taken_port_fails_to_start_and_leaves_nothing_behind(tmp_path):
+    from generator.comfy.emulator import Emulator
+
+    async with Emulator() as first:
+        second = Emulator(port=first.port)
+        with pytest.raises(OSError, match="address already in use"):
+            await second.start()
+        assert not second._folders.root.exists()
