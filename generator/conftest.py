@@ -1,4 +1,8 @@
-"""Fixtures for everything under generator/: a ComfyUI emulator on a real port."""
+"""Fixtures for every test under generator/: a ComfyUI emulator on a real port.
+
+Each test gets its own (function scope): fresh queue, history, cache, folders and fault
+switches. Break things with `emulator.faults` (see generator/comfy/emulator/faults.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from generator.comfy.emulator import Emulator
 
 @pytest.fixture
 async def emulator():
-    """A fresh emulator at `emulator.url`, running as fast as it can."""
+    """A started emulator at `emulator.url`, running as fast as it can (step_seconds=0)."""
     async with Emulator(step_seconds=0.0) as emu:
         yield emu
 

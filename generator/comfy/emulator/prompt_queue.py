@@ -43,6 +43,11 @@ class PromptQueue:
         self.number = 0  # the server-wide counter POST /prompt hands out
         self._wake = asyncio.Event()
 
+    def renew_wakeup(self) -> None:
+        self._wake = asyncio.Event()
+        if self.pending:
+            self._wake.set()
+
     def reset(self) -> None:
         """A restart: everything forgotten, the counter back at 0."""
         self.pending.clear()

@@ -143,6 +143,9 @@ class Emulator:
         await self.stop()
 
     async def start(self) -> None:
+        # Queues and events bind to the loop that first waits on them: start fresh in this one.
+        self.hub.messages = asyncio.Queue()
+        self.queue.renew_wakeup()
         self._folders = Folders(self._root)
         self._executor = Executor(
             self.hub, self.queue, self._folders, self.object_info, self.faults, self.settings

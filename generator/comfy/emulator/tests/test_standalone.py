@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from generator.comfy.tests.recording import workflow
+
 PROJECT = Path(__file__).resolve().parents[4]
 
 
@@ -65,3 +67,20 @@ async def test_a_taken_port_fails_to_start_and_leaves_nothing_behind(tmp_path):
         with pytest.raises(OSError, match="address already in use"):
             await second.start()
         assert not second._folders.root.exists()
+
+
+def test_it_can_be_started_again_in_another_loop():
+    import asyncio
+
+    from generator.comfy.emulator import Emulator
+
+    emulator = Emulator()
+
+    async def once() -> int:
+        async with emulator, httpx.AsyncClient(base_url=emulator.url) as http:
+            response = await http.post("/prompt", json={"prompt": workflow("txt2img")})
+            await emulator.wait_idle()
+            return response.status_code
+
+    assert asyncio.run(once()) == 200
+    assert asyncio.run(once()) == 200
