@@ -148,6 +148,9 @@ class Bridge:
                 self.handle_event(event)
             except Exception:  # one bad event must not stop the bridge
                 logger.exception("Bridge %s: failed to handle %r", self.url, type(event).__name__)
+            # ComfyUI's messages come in bursts the socket hands over without pausing; yield so
+            # what was just relayed goes out before the rest of the burst is worked through.
+            await asyncio.sleep(0)
 
     def handle_event(self, event: Any) -> None:
         """Relay what can be relayed at once; queue what touches the database, in order.
