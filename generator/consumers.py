@@ -34,5 +34,14 @@ class JobsConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Tabs only listen; anything they send is ignored."""
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels hops to the database thread before every handler to close stale connections.
+        # Relaying a fragment touches no database, and that hop would queue each progress
+        # update behind the bridge's database work: relay it at once.
+        if message.get("type") == "job.html":
+            await self.job_html(message)
+            return
+        await super().dispatch(message)
+
     async def job_html(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["html"])

@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 from django import forms
+from django.core.files.uploadedfile import UploadedFile
 
 from .models import GeneratedImage, Prompt
 from .uploads import reencoded_image
@@ -69,7 +70,9 @@ class GenerateForm(forms.Form):
         self.workflow = workflow
         self.user = user
         # The workflow's own prompt text is an example, not a value: it shows as a placeholder.
-        initial = {**workflow.defaults(), "seed": None, "prompt": "", **kwargs.pop("initial", {})}
+        # The workflow's example image file name is not an upload: never an initial value.
+        defaults = {k: v for k, v in workflow.defaults().items() if k != "image"}
+        initial = {**defaults, "seed": None, "prompt": "", **kwargs.pop("initial", {})}
         super().__init__(*args, initial=initial, **kwargs)
         params = workflow.visible_parameters
         if workflow.takes_image:
@@ -162,7 +165,7 @@ class GenerateForm(forms.Form):
 
     def clean_image(self) -> bytes | None:
         upload = self.cleaned_data.get("image")
-        return reencoded_image(upload) if upload else None
+        return reencoded_image(upload) if isinstance(upload, UploadedFile) else None
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -63,8 +63,25 @@ def next_queued_prompts(limit: int = 20) -> list[Prompt]:
     return [found[pk] for pk in order if pk in found]
 
 
-def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> tuple[Job, dict[str, Any]] | None:
-    """Move the next queued prompt to `submitted` on this backend; return it with its graph.
+@dataclass(frozen=True)
+class Submission:
+    """A claimed job with what goes to ComfyUI: its graph and, for image workflows, its image."""
+
+    job: Job
+    graph: dict[str, Any]
+    image: bytes | None = None
+    image_input: tuple[str, str] | None = None  # (node id, input name) that names the upload
+
+    def with_uploaded_image(self, name: str) -> dict[str, Any]:
+        if self.image_input is None:
+            return self.graph
+        node_id, input_name = self.image_input
+        self.graph[node_id]["inputs"][input_name] = name
+        return self.graph
+
+
+def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | None:
+    """Move the next queued prompt to `submitted` on this backend; return what to send.
 
     The row gets its ComfyUI prompt id before anything is sent, so a crash between the POST
     and our next write is found again by reconciliation.
@@ -90,7 +107,12 @@ def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> tuple[Job, dic
             continue
         values = {**prompt.params, "prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
         graph = workflow.fill(values, filename_prefix=f"comfysite/job{prompt.pk}")
-        return _job(prompt), graph
+        image_parameter = workflow.parameters.get("image")
+        if image_parameter is None or not prompt.source_image:
+            return Submission(_job(prompt), graph)
+        with prompt.source_image.open("rb") as handle:
+            image = handle.read()
+        return Submission(_job(prompt), graph, image, (image_parameter.node_id, image_parameter.input_name))
     return None
 
 

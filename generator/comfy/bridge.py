@@ -34,7 +34,7 @@ from generator.workflows import Workflow, WorkflowError, all_workflows, get_work
 
 from .client import ComfyClient
 from .connection import ComfyConnection, Connected, Disconnected
-from .errors import BackendUnreachable, ComfyError, WorkflowRejected
+from .errors import BackendUnreachable, ComfyError, ProtocolError, WorkflowRejected
 from .events import (
     Executed,
     Executing,
@@ -148,6 +148,9 @@ class Bridge:
                 self.handle_event(event)
             except Exception:  # one bad event must not stop the bridge
                 logger.exception("Bridge %s: failed to handle %r", self.url, type(event).__name__)
+            # ComfyUI's messages come in bursts the socket hands over without pausing; yield so
+            # what was just relayed goes out before the rest of the burst is worked through.
+            await asyncio.sleep(0)
 
     def handle_event(self, event: Any) -> None:
         """Relay what can be relayed at once; queue what touches the database, in order.
@@ -304,24 +307,29 @@ class Bridge:
                 claimed = await db(jobs.claim_next_job)(self.url, on_demo_backend=self.is_demo)
                 if claimed is None:
                     break
-                job, graph = claimed
-                submitted = await self._submit(job, graph)
+                submitted = await self._submit(claimed)
             if not submitted:
                 break
             submitted_any = True
         if submitted_any:
             await self._send_queue_positions()
 
-    async def _submit(self, job: jobs.Job, graph: dict[str, Any]) -> bool:
+    async def _submit(self, submission: jobs.Submission) -> bool:
+        job, graph = submission.job, submission.graph
         active = self._track(job)
         try:
+            if submission.image is not None:
+                uploaded = await self.client.upload_image(
+                    submission.image, f"comfysite-job{job.pk}.png", subfolder="comfysite", overwrite=True
+                )
+                graph = submission.with_uploaded_image(uploaded.load_image_value)
             await self.client.queue_prompt(graph, prompt_id=job.comfy_prompt_id, client_id=self.client_id)
         except WorkflowRejected as rejection:
             workflow = self._workflow(active)
             problems = rejection.describe(graph) if workflow else [str(rejection)]
             await self._finish(active, S.FAILED, error="ComfyUI refused this job:\n" + "\n".join(problems))
             return True
-        except BackendUnreachable as error:
+        except (BackendUnreachable, ProtocolError) as error:
             self.active.pop(job.comfy_prompt_id, None)
             await db(jobs.unsubmit)(job.pk)
             await db(self._save_backend)(online=False, status_message=str(error))

@@ -147,3 +147,52 @@ def test_nobody_sees_or_cancels_another_users_job(user_client, other_user):
     assert user_client.post(reverse("job-cancel", args=[prompt.pk])).status_code == 404
     prompt.refresh_from_db()
     assert prompt.status == Prompt.Status.QUEUED
+
+
+def img2img_data(**overrides):
+    data = valid_data(workflow="img2img", denoise="0.6", **overrides)
+    for size_field in ("size", "width", "height", "batch_size"):
+        data.pop(size_field, None)
+    return data
+
+
+def test_image_to_image_takes_an_upload_and_keeps_it_re_encoded(user_client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from .factories import png_bytes
+
+    upload = SimpleUploadedFile("photo.png", png_bytes((80, 60)), content_type="image/png")
+    response = user_client.post(reverse("generate"), {**img2img_data(), "image": upload}, **HTMX)
+
+    prompt = Prompt.objects.get()
+    assert response.status_code == 200
+    assert prompt.workflow == "img2img"
+    with prompt.source_image.open("rb") as handle:
+        assert handle.read().startswith(b"\x89PNG")
+    assert "image" not in prompt.params
+
+
+def test_image_to_image_without_an_image_asks_for_one(user_client):
+    response = user_client.post(reverse("generate"), img2img_data(), **HTMX)
+
+    assert "Choose an image to start from." in response.text
+    assert Prompt.objects.count() == 0
+
+
+def test_an_upload_that_is_not_an_image_is_refused_on_the_form(user_client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    fake = SimpleUploadedFile("not_really.png", b"just text", content_type="image/png")
+    response = user_client.post(reverse("generate"), {**img2img_data(), "image": fake}, **HTMX)
+
+    assert response.context["form"].errors["image"]
+    assert Prompt.objects.count() == 0
+
+
+def test_switching_workflow_swaps_in_that_workflows_fields(user_client):
+    response = user_client.get(reverse("generate-form"), {"workflow": "upscale"})
+
+    fields = set(response.context["form"].fields)
+    assert {"image", "scale", "method"} <= fields
+    assert "prompt" not in fields
+    assert "<html" not in response.text

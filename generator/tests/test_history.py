@@ -297,3 +297,58 @@ def test_with_100000_images_first_and_later_pages_run_the_same_few_queries(clien
     assert len(first_page) <= 5, [q["sql"] for q in first_page]
     assert len(later_page) <= 4, [q["sql"] for q in later_page]
     assert "100000 images" in first.text
+
+
+def test_refine_opens_image_to_image_with_the_image_and_its_prompt(user_client, image):
+    detail = user_client.get(reverse("image-detail", args=[image.pk]))
+    assert f"?refine={image.pk}" in detail.text
+
+    form_page = user_client.get(reverse("home"), {"refine": image.pk})
+
+    assert form_page.context["workflow"].name == "img2img"
+    assert form_page.context["form"]["prompt"].value() == "a quiet harbour"
+    assert form_page.context["source_preview"] == image
+
+
+def test_refine_then_generate_remembers_the_parent_and_the_source(user_client, image):
+    from .test_generate_views import HTMX
+
+    response = user_client.post(
+        reverse("generate"),
+        {
+            "workflow": "img2img",
+            "prompt": "the harbour at night",
+            "negative_prompt": "",
+            "seed": "",
+            "steps": "20",
+            "cfg": "7",
+            "sampler": "euler",
+            "scheduler": "normal",
+            "denoise": "0.5",
+            "checkpoint": "v1-5-pruned-emaonly.safetensors",
+            "source_image": image.pk,
+            "parent": image.prompt_id,
+        },
+        **HTMX,
+    )
+
+    child = Prompt.objects.exclude(pk=image.prompt_id).get()
+    assert response.status_code == 200
+    assert child.parent_id == image.prompt_id
+    assert child.source_image.name
+    with image.file.open("rb") as original, child.source_image.open("rb") as copy:
+        assert copy.read() == original.read()
+
+
+def test_reuse_settings_fills_the_form_with_the_jobs_parameters(user_client, user):
+    prompt = PromptFactory(owner=user, positive_text="a fox", params={"seed": 99, "steps": 33, "cfg": 5.5})
+
+    form = user_client.get(reverse("home"), {"reuse": prompt.pk}).context["form"]
+
+    assert (form["prompt"].value(), form["seed"].value(), form["steps"].value()) == ("a fox", 99, 33)
+    assert form["parent"].value() == prompt.pk
+
+
+def test_someone_elses_image_cannot_be_refined(user_client, other_user):
+    theirs = GeneratedImageFactory(prompt=PromptFactory(owner=other_user))
+    assert user_client.get(reverse("home"), {"refine": theirs.pk}).status_code == 404

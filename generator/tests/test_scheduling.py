@@ -17,7 +17,7 @@ def test_a_single_job_queued_after_fifty_starts_within_the_next_two_slots():
         PromptFactory(owner=alice)
     bobs = PromptFactory(owner=bob)
 
-    started = [claim_next_job("http://gpu", on_demo_backend=False)[0].pk for _ in range(2)]
+    started = [claim_next_job("http://gpu", on_demo_backend=False).job.pk for _ in range(2)]
 
     assert bobs.pk in started
 
@@ -115,7 +115,7 @@ def test_jobs_of_a_user_at_the_running_limit_wait_while_others_go(settings):
     PromptFactory(owner=alice)
     bobs = PromptFactory(owner=bob)
 
-    claimed = [claim_next_job("http://gpu", on_demo_backend=False)[0].pk for _ in range(2)]
+    claimed = [claim_next_job("http://gpu", on_demo_backend=False).job.pk for _ in range(2)]
 
     assert claimed == [first.pk, bobs.pk]
     assert claim_next_job("http://gpu", on_demo_backend=False) is None

@@ -284,3 +284,59 @@ async def test_a_silent_running_job_is_reconciled(slow_emulator):
         done = await wait_for_status(job.pk, S.SUCCEEDED, within=15)
 
     assert len(await images_of(done.pk)) == 1
+
+
+async def test_image_to_image_uploads_the_source_and_runs_end_to_end(emulator):
+    from django.core.files.base import ContentFile
+
+    from generator.tests.factories import png_bytes
+
+    owner = await sync_to_async(UserFactory)()
+    source = png_bytes((96, 64))
+
+    def make_job():
+        prompt = PromptFactory.build(
+            owner=owner,
+            workflow="img2img",
+            params={**SMALL, "denoise": 0.5},
+            positive_text="as a watercolour",
+        )
+        prompt.params.pop("width")
+        prompt.params.pop("height")
+        prompt.source_image.save("upload.png", ContentFile(source), save=False)
+        prompt.save()
+        return prompt
+
+    job = await sync_to_async(make_job)()
+    async with running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+
+    assert emulator.files[("input", "comfysite", f"comfysite-job{job.pk}.png")] == source
+    (image,) = await images_of(done.pk)
+    assert (image.width, image.height) == (96, 64)  # image to image keeps the source's size
+
+
+async def test_a_workflow_with_several_outputs_stores_each_once_and_no_temp_previews(
+    emulator, settings, tmp_path
+):
+    import json
+    import shutil
+
+    from django.conf import settings as django_settings
+
+    shutil.copy(django_settings.BASE_DIR / "workflows" / "txt2img.json", tmp_path / "two.json")
+    graph = json.loads((tmp_path / "two.json").read_text())
+    graph["10"] = {"inputs": {"filename_prefix": "second", "images": ["8", 0]}, "class_type": "SaveImage"}
+    graph["11"] = {"inputs": {"images": ["8", 0]}, "class_type": "PreviewImage"}
+    (tmp_path / "two.json").write_text(json.dumps(graph))
+    settings.WORKFLOWS_DIR = tmp_path
+    job = await sync_to_async(PromptFactory)(workflow="two", params={**SMALL, "batch_size": 2})
+
+    async with running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        done = await wait_for_status(job.pk, S.SUCCEEDED)
+        await bridge.reconcile([])  # nothing to do; a second import would only come from a bug
+
+    stored = await images_of(done.pk)
+    assert [(i.node_id, i.output_index) for i in stored] == [("10", 0), ("10", 1), ("9", 0), ("9", 1)]

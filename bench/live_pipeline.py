@@ -1,0 +1,332 @@
+"""The live pipeline, measured: form → bridge → ComfyUI (emulator) → Channels → a browser's websocket.
+
+Runs the site (uvicorn, the embedded topology: bridge in the same process, in-memory channel
+layer, SQLite) against the emulator, with websocket clients standing in for browser tabs.
+
+1. Relay latency: the emulator sends a `progress` message → the owner's tab receives the
+   fragment showing that step. p50/p99 with 1 and with 50 jobs in flight (target p99 < 20 ms).
+2. Overhead per job: POST the form → the tab receives the finished card, minus the same
+   workflow sent straight to the emulator (POST /prompt → `executing` null). Target p50 < 30 ms.
+3. Backend idle time between consecutive jobs of a queue of 50 at 0.2 s per job, against a
+   submit-then-poll loop (the usual Flask script, polling /history once a second).
+
+    .venv/bin/python bench/live_pipeline.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "comfysite.settings")
+os.environ["COMFYSITE_VAR_DIR"] = tempfile.mkdtemp(prefix="bench-live-")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+import django  # noqa: E402
+
+django.setup()
+
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+import websockets  # noqa: E402
+from asgiref.sync import sync_to_async  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from generator.comfy.bridge import Bridge  # noqa: E402
+from generator.models import Prompt  # noqa: E402
+
+STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
+CARD_RE = re.compile(r'id="prompt-(\d+)" data-status="(\w+)"')
+SMALL_JOB = {
+    "size": "custom",
+    "width": "64",
+    "height": "64",
+    "steps": "8",
+    "cfg": "7",
+    "sampler": "euler",
+    "scheduler": "normal",
+    "batch_size": "1",
+    "checkpoint": "v1-5-pruned-emaonly.safetensors",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class Tab:
+    """A logged-in browser tab: its session, its websocket, what it received and when."""
+
+    def __init__(self, site: str, username: str) -> None:
+        self.site = site
+        self.username = username
+        self.received: list[tuple[float, str]] = []
+        self.finished: dict[int, float] = {}
+        self.arrived = asyncio.Event()
+
+    async def open(self) -> None:
+        user = await sync_to_async(get_user_model().objects.create_user)(self.username, password="x")
+        client = Client()
+        await sync_to_async(client.force_login)(user)
+        self.cookies = {"sessionid": client.cookies["sessionid"].value}
+        self.http = httpx.AsyncClient(base_url=self.site, cookies=self.cookies, timeout=30)
+        await self.http.get("/")  # sets the CSRF cookie
+        origin = self.site
+        header = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+        self.socket = await websockets.connect(
+            self.site.replace("http", "ws") + "/ws/jobs/",
+            additional_headers={"Cookie": header, "Origin": origin},
+        )
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.socket:
+            at = time.perf_counter()
+            self.received.append((at, message))
+            if message.startswith("<article"):  # only whole cards carry a final status
+                card = CARD_RE.match(message, message.find("id="))
+                if card and card.group(2) == "succeeded":
+                    self.finished.setdefault(int(card.group(1)), at)
+            self.arrived.set()
+
+    async def generate(self, prompt: str) -> tuple[int, float]:
+        started = time.perf_counter()
+        token = self.http.cookies["csrftoken"]
+        response = await self.http.post(
+            "/generate/",
+            data={"workflow": "txt2img", "prompt": prompt, **SMALL_JOB},
+            headers={"X-CSRFToken": token, "HX-Request": "true"},
+        )
+        match = CARD_RE.search(response.text)
+        assert match, response.text[:500]
+        return int(match.group(1)), started
+
+    async def finished_at(self, pk: int, within: float = 120) -> float:
+        """When this tab received the job's card saying it succeeded."""
+        deadline = time.perf_counter() + within
+        while time.perf_counter() < deadline:
+            if pk in self.finished:
+                return self.finished[pk]
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), 1)
+        raise AssertionError(f"job {pk} never finished")
+
+    async def close(self) -> None:
+        await self.socket.close()
+        self.reader.cancel()
+        await self.http.aclose()
+
+
+class EmulatorProcess:
+    """bench/timed_emulator.py in a subprocess: ComfyUI's place, off the site's event loop."""
+
+    def __init__(self, step_seconds: float) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out = Path(tempfile.mkdtemp()) / "timeline.json"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "timed_emulator.py"),
+                str(self.port),
+                str(step_seconds),
+                str(self.out),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def stop(self) -> dict:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        return json.loads(self.out.read_text())
+
+
+async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[float]:
+    """Per progress fragment a tab received: received at − the emulator sent that step at."""
+    sent = {(prompt_id, step): at for prompt_id, step, at in progress}
+    comfy_ids = {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
+    latencies = []
+    for tab in tabs:
+        for at, html in tab.received:
+            if not html.startswith('<div class="job-progress"'):
+                continue  # whole cards come from the database side, after the step itself
+            for match in STEP_RE.finditer(html):
+                pk, step = int(match.group(1)), int(match.group(2))
+                key = (comfy_ids.get(pk, ""), step)
+                if key in sent:
+                    latencies.append((at - sent[key]) * 1000)
+    return latencies
+
+
+async def direct_job_seconds(emulator: EmulatorProcess, rounds: int) -> list[float]:
+    """The same small workflow sent straight to the emulator: POST → `executing` null."""
+    from generator.workflows import get_workflow
+
+    graph = get_workflow("txt2img").fill({"width": 64, "height": 64, "steps": 8}, filename_prefix="direct")
+    durations = []
+    async with websockets.connect(emulator.url.replace("http", "ws") + "/ws?clientId=direct") as ws:
+        await ws.recv()
+        async with httpx.AsyncClient(base_url=emulator.url) as http:
+            for n in range(rounds):
+                graph["3"]["inputs"]["seed"] = n + 10_000
+                started = time.perf_counter()
+                response = await http.post("/prompt", json={"prompt": graph, "client_id": "direct"})
+                prompt_id = response.json()["prompt_id"]
+                while True:
+                    message = await ws.recv()
+                    if isinstance(message, str):
+                        event = json.loads(message)
+                        data = event["data"]
+                        if (
+                            event["type"] == "executing"
+                            and data["node"] is None
+                            and data["prompt_id"] == prompt_id
+                        ):
+                            break
+                durations.append(time.perf_counter() - started)
+    return durations
+
+
+def idle_gaps(runs: list[list[float]]) -> list[float]:
+    return [(runs[i + 1][0] - runs[i][1]) * 1000 for i in range(len(runs) - 1)]
+
+
+async def poll_loop(emulator: EmulatorProcess, count: int, poll_seconds: float) -> None:
+    """The usual Flask script: submit, poll /history every `poll_seconds`, then submit the next."""
+    from generator.workflows import get_workflow
+
+    graph = get_workflow("txt2img").fill({"width": 64, "height": 64, "steps": 4}, filename_prefix="poll")
+    async with httpx.AsyncClient(base_url=emulator.url) as http:
+        for n in range(count):
+            graph["3"]["inputs"]["seed"] = 50_000 + n
+            prompt_id = (await http.post("/prompt", json={"prompt": graph})).json()["prompt_id"]
+            while not (await http.get(f"/history/{prompt_id}")).json():  # noqa: ASYNC110
+                await asyncio.sleep(poll_seconds)
+
+
+async def run_site(emulator_url: str):
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            "comfysite.asgi:application",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            ws=os.environ.get("BENCH_WS", "auto"),
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    bridge = Bridge(emulator_url)
+    bridging = asyncio.create_task(bridge.run())
+    while not server.started:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await asyncio.wait_for(bridge.connected.wait(), 10)
+    return f"http://127.0.0.1:{port}", server, serving, bridging
+
+
+async def stop_site(server, serving, bridging, tabs) -> None:
+    for tab in tabs:
+        await tab.close()
+    bridging.cancel()
+    server.should_exit = True
+    await asyncio.gather(bridging, serving, return_exceptions=True)
+
+
+async def latency_and_overhead() -> None:
+    emulator = EmulatorProcess(step_seconds=0.0)
+    site, *running = await run_site(emulator.url)
+    solo = Tab(site, "solo")
+    await solo.open()
+    overheads, solo_jobs = [], []
+    for n in range(30):
+        pk, started = await solo.generate(f"solo job {n}")
+        overheads.append(await solo.finished_at(pk) - started)
+        solo_jobs.append(pk)
+    direct = await direct_job_seconds(emulator, 30)
+    tabs = [Tab(site, f"user{n}") for n in range(50)]
+    for tab in tabs:
+        await tab.open()
+    batch = await asyncio.gather(*(tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)))
+    await asyncio.gather(*(tab.finished_at(pk) for tab, (pk, _) in zip(tabs, batch, strict=True)))
+    await stop_site(*running, [solo, *tabs])
+    progress = emulator.stop()["progress"]
+
+    solo_latency = await relay_latencies([solo], solo_jobs, progress)
+    crowd_latency = await relay_latencies(tabs, [pk for pk, _ in batch], progress)
+    for label, values in [("1 job", solo_latency), ("50 jobs", crowd_latency)]:
+        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        print(
+            f"relay latency, {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(values)} progress fragments)"
+        )
+    site_p50, direct_p50 = statistics.median(overheads) * 1000, statistics.median(direct) * 1000
+    print(
+        f"overhead per job: through the site p50 {site_p50:.1f} ms, straight to the emulator p50 "
+        f"{direct_p50:.1f} ms, difference {site_p50 - direct_p50:.1f} ms"
+    )
+
+
+async def idle_time() -> None:
+    emulator = EmulatorProcess(step_seconds=0.025)  # 8 steps: 0.2 s per job
+    site, *running = await run_site(emulator.url)
+    solo = Tab(site, "queue")
+    await solo.open()
+    queued = [await solo.generate(f"queue job {n}") for n in range(50)]
+    for pk, _ in queued:
+        await solo.finished_at(pk)
+    await stop_site(*running, [solo])
+    runs = emulator.stop()["runs"]
+    gaps = idle_gaps(runs)
+    per_job = statistics.median(end - start for start, end in runs)
+    print(
+        f"backend idle between jobs (queue of 50, {per_job:.2f} s per job): "
+        f"median {statistics.median(gaps):.2f} ms, "
+        f"p95 {percentile(gaps, 0.95):.2f} ms, max {max(gaps):.2f} ms"
+    )
+    poller = EmulatorProcess(step_seconds=0.05)  # 4 steps: 0.2 s per job
+    await poll_loop(poller, 10, 1.0)
+    poll_gaps = idle_gaps(poller.stop()["runs"])
+    print(
+        f"submit-then-poll loop (1 s poll), same emulator: idle median {statistics.median(poll_gaps):.0f} ms"
+    )
+
+
+async def main() -> None:
+    await sync_to_async(call_command)("migrate", verbosity=0)
+    settings.DEFAULT_QUOTA = {"max_queued": 1000, "max_running": 2, "max_images_per_day": 100000}
+    print(
+        f"database {settings.DATABASES['default']['ENGINE']}, "
+        f"channel layer {settings.CHANNEL_LAYERS['default']['BACKEND']}"
+    )
+    await latency_and_overhead()
+    await idle_time()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
