@@ -16,26 +16,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generator.comfy.emulator import Emulator
+from generator.comfy.emulator.executor import Executor
 
 
 async def main(port: int, step_seconds: float, out: Path) -> None:
     emulator = Emulator(port=port, step_seconds=step_seconds)
     progress: list[tuple[str, int, float]] = []
     runs: list[tuple[float, float]] = []
-    send_to, execute = emulator._send_to, emulator._execute
+    send_to, execute = emulator.hub._send_to, Executor.execute
 
     async def timed_send(socket, message):
         if isinstance(message, dict) and message.get("type") == "progress":
             progress.append((message["data"]["prompt_id"], message["data"]["value"], time.perf_counter()))
         await send_to(socket, message)
 
-    async def timed_execute(item):
+    async def timed_execute(self, run):
         started = time.perf_counter()
-        await execute(item)
+        await execute(self, run)
         runs.append((started, time.perf_counter()))
 
-    emulator._send_to = timed_send  # type: ignore[method-assign]
-    emulator._execute = timed_execute  # type: ignore[method-assign]
+    emulator.hub._send_to = timed_send  # type: ignore[method-assign]
+    Executor.execute = timed_execute  # type: ignore[method-assign]
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with emulator:

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from PIL import Image, UnidentifiedImageError
 
-from .live import LiveState, queue_positions, render_card
+from .live import LiveState, queue_positions, render_card, render_progress
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
 from .scheduling import fair_order
@@ -215,8 +215,10 @@ def card_html(pk: int, live: LiveState | None = None) -> tuple[int, str]:
     return prompt.owner_id, render_card(prompt, live=live, position=position)
 
 
-def queued_cards() -> list[tuple[int, str]]:
-    """Cards of every queued job, for when the queue moves and their positions change."""
-    prompts = list(Prompt.objects.filter(status=S.QUEUED).prefetch_related("images"))
+def queued_positions() -> list[tuple[int, str]]:
+    """The status line of every queued job, for when the queue moves and their places change."""
+    prompts = list(
+        Prompt.objects.filter(status=S.QUEUED).only("pk", "owner_id", "status", "cancel_requested_at")
+    )
     positions = queue_positions(prompts)
-    return [(p.owner_id, render_card(p, position=positions.get(p.pk))) for p in prompts]
+    return [(p.owner_id, render_progress(p, live=LiveState(), position=positions.get(p.pk))) for p in prompts]

@@ -80,9 +80,10 @@ def render_card(prompt: Prompt, **kwargs: Any) -> str:
     return render_to_string("generator/partials/job_card.html", card_context(prompt, **kwargs))
 
 
-def render_progress(prompt: Prompt, *, live: LiveState) -> str:
+def render_progress(prompt: Prompt, *, live: LiveState, position: int | None = None) -> str:
     """The status line and bars alone: what changes at every step, rendered without a query."""
-    return render_to_string("generator/partials/job_progress.html", {"prompt": prompt, "live": live})
+    context = {"prompt": prompt, "live": live, "position": position}
+    return render_to_string("generator/partials/job_progress.html", context)
 
 
 def render_image(image: GeneratedImage) -> str:

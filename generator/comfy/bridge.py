@@ -495,7 +495,7 @@ class Bridge:
         )
 
     async def _send_queue_positions(self) -> None:
-        for owner_id, html in await db(jobs.queued_cards)():
+        for owner_id, html in await db(jobs.queued_positions)():
             self._relay(owner_id, html)
 
     async def _refresh_backend_info(self) -> None:

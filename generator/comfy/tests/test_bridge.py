@@ -312,7 +312,9 @@ async def test_image_to_image_uploads_the_source_and_runs_end_to_end(emulator):
         bridge.wake.set()
         done = await wait_for_status(job.pk, S.SUCCEEDED)
 
-    assert emulator.files[("input", "comfysite", f"comfysite-job{job.pk}.png")] == source
+    assert (
+        emulator.folders.root / "input" / "comfysite" / f"comfysite-job{job.pk}.png"
+    ).read_bytes() == source
     (image,) = await images_of(done.pk)
     assert (image.width, image.height) == (96, 64)  # image to image keeps the source's size
 
@@ -340,3 +342,22 @@ async def test_a_workflow_with_several_outputs_stores_each_once_and_no_temp_prev
 
     stored = await images_of(done.pk)
     assert [(i.node_id, i.output_index) for i in stored] == [("10", 0), ("10", 1), ("9", 0), ("9", 1)]
+
+
+async def test_waiting_users_see_their_place_in_the_queue_move(slow_emulator):
+    for _ in range(3):  # three other users' jobs ahead: two go to ComfyUI, one waits here
+        await new_job(steps=4)
+    waiting_owner = await sync_to_async(UserFactory)()
+    waiting = await new_job(waiting_owner)
+    tab = await listen(waiting_owner)
+    await drain(tab)
+
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(waiting.pk, S.SUCCEEDED, within=30)
+        fragments = await drain(tab)
+
+    places = [f for f in fragments if f"prompt-{waiting.pk}-progress" in f and "in the queue" in f]
+    assert places  # told where it stands while the others ran
+    assert any('data-status="succeeded"' in f for f in fragments)
+    await tab.disconnect()
