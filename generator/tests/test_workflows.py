@@ -154,3 +154,15 @@ def test_a_workflow_with_an_unknown_node_or_missing_model_is_unavailable_with_th
     assert hidden_model.problems_on(set(info), info) == [
         "Load Checkpoint needs 'sdxl.safetensors', which this ComfyUI does not have"
     ]
+
+
+@pytest.mark.django_db
+def test_staff_see_broken_workflow_files_in_the_admin(client, staff_user, workflows_dir):
+    write(workflows_dir, "good.json", recorded("txt2img"))
+    write(workflows_dir, "broken.json", "{oops")
+    client.force_login(staff_user)
+
+    page = client.get("/admin/")
+
+    assert "broken.json" in page.text
+    assert "cannot be read" in page.text
