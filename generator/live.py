@@ -76,8 +76,12 @@ def card_context(
     }
 
 
-def render_card(prompt: Prompt, **kwargs: Any) -> str:
-    return render_to_string("generator/partials/job_card.html", card_context(prompt, **kwargs))
+def render_card(prompt: Prompt, *, catch_up: bool = False, **kwargs: Any) -> str:
+    """A job's card. `catch_up`: the card a form post answers with fetches itself again once
+    shown, since the job's first websocket updates may have come before it was on the page."""
+    return render_to_string(
+        "generator/partials/job_card.html", {**card_context(prompt, **kwargs), "catch_up": catch_up}
+    )
 
 
 def render_progress(prompt: Prompt, *, live: LiveState, position: int | None = None) -> str:

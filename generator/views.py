@@ -123,7 +123,7 @@ def generate(request: HttpRequest) -> HttpResponse:
     prompt = _create_prompt(request, workflow, form)
     _wake_bridge()
     positions = queue_positions([prompt])
-    return HttpResponse(render_card(prompt, position=positions.get(prompt.pk)))
+    return HttpResponse(render_card(prompt, position=positions.get(prompt.pk), catch_up=True))
 
 
 def _create_prompt(request: HttpRequest, workflow: Workflow, form: GenerateForm) -> Prompt:

@@ -196,3 +196,13 @@ def test_switching_workflow_swaps_in_that_workflows_fields(user_client):
     assert {"image", "scale", "method"} <= fields
     assert "prompt" not in fields
     assert "<html" not in response.text
+
+
+def test_the_new_card_catches_up_on_updates_that_beat_it_to_the_page(user_client):
+    response = user_client.post(reverse("generate"), valid_data(), **HTMX)
+    prompt = Prompt.objects.get()
+
+    assert f'hx-get="{reverse("job-card", args=[prompt.pk])}"' in response.text
+    assert 'hx-trigger="load delay:300ms"' in response.text
+    refreshed = user_client.get(reverse("job-card", args=[prompt.pk]))
+    assert "hx-trigger" not in refreshed.text.split(">", 1)[0]  # only once
