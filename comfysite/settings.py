@@ -220,3 +220,9 @@ DEFAULT_QUOTA = {
     "max_running": int(os.environ.get("QUOTA_MAX_RUNNING", "2")),
     "max_images_per_day": int(os.environ.get("QUOTA_MAX_IMAGES_PER_DAY", "500")),
 }
+
+# Let the web server send private media once a view has checked permission: "" (Django sends
+# the bytes), "x-accel-redirect" (nginx: an `internal` location at MEDIA_ACCEL_PREFIX aliased to
+# MEDIA_ROOT) or "x-sendfile" (Apache mod_xsendfile, lighttpd).
+MEDIA_SENDFILE = os.environ.get("MEDIA_SENDFILE", "").strip().lower()
+MEDIA_ACCEL_PREFIX = os.environ.get("MEDIA_ACCEL_PREFIX", "/protected-media/")

@@ -6,6 +6,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db.models import Prefetch
 from django.db.models.fields.files import FieldFile
@@ -188,9 +189,18 @@ def _image_for(request: HttpRequest, pk: int) -> GeneratedImage:
 
 
 def _private_file(stored: FieldFile, content_type: str) -> HttpResponse:
-    # Read whole: under ASGI a streamed file would be buffered anyway, with a warning.
-    with stored.open("rb") as handle:
-        response = HttpResponse(handle.read(), content_type=content_type)
+    """The file's bytes, or (MEDIA_SENDFILE) a header telling the web server to send them,
+    once this view has checked who may see them."""
+    if settings.MEDIA_SENDFILE == "x-accel-redirect":
+        response = HttpResponse(content_type=content_type)
+        response["X-Accel-Redirect"] = settings.MEDIA_ACCEL_PREFIX + stored.name
+    elif settings.MEDIA_SENDFILE == "x-sendfile":
+        response = HttpResponse(content_type=content_type)
+        response["X-Sendfile"] = stored.path
+    else:
+        # Read whole: under ASGI a streamed file would be buffered anyway, with a warning.
+        with stored.open("rb") as handle:
+            response = HttpResponse(handle.read(), content_type=content_type)
     response["Cache-Control"] = "private, max-age=86400"
     response["X-Content-Type-Options"] = "nosniff"
     return response

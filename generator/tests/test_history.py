@@ -352,3 +352,26 @@ def test_reuse_settings_fills_the_form_with_the_jobs_parameters(user_client, use
 def test_someone_elses_image_cannot_be_refined(user_client, other_user):
     theirs = GeneratedImageFactory(prompt=PromptFactory(owner=other_user))
     assert user_client.get(reverse("home"), {"refine": theirs.pk}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("mode", "header"), [("x-accel-redirect", "X-Accel-Redirect"), ("x-sendfile", "X-Sendfile")]
+)
+def test_the_web_server_can_send_media_after_the_permission_check(user_client, image, settings, mode, header):
+    settings.MEDIA_SENDFILE = mode
+
+    response = user_client.get(reverse("image-file", args=[image.pk]))
+
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response[header].endswith(image.file.name)
+
+
+def test_sendfile_does_not_bypass_the_check(client, other_user, image, settings):
+    settings.MEDIA_SENDFILE = "x-accel-redirect"
+    client.force_login(other_user)
+
+    response = client.get(reverse("image-file", args=[image.pk]))
+
+    assert response.status_code == 404
+    assert "X-Accel-Redirect" not in response
