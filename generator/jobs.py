@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from PIL import Image, UnidentifiedImageError
 
-from .live import LiveState, queue_positions, render_card, render_progress
+from .live import LiveState, queue_positions, render_card, render_progress, save_live_state
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
 from .scheduling import fair_order
@@ -209,7 +209,10 @@ def store_output(pk: int, node_id: str, index: int, filename: str, data: bytes) 
 
 
 def card_html(pk: int, live: LiveState | None = None) -> tuple[int, str]:
-    """The owner of job `pk` and its card as it stands now."""
+    """The owner of job `pk` and its card as it stands now; `live` is kept for tabs that
+    connect later."""
+    if live is not None:
+        save_live_state(pk, live)
     prompt = Prompt.objects.prefetch_related("images").get(pk=pk)
     position = queue_positions([prompt]).get(pk)
     return prompt.owner_id, render_card(prompt, live=live, position=position)

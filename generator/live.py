@@ -102,6 +102,11 @@ def unfinished_cards(user_id: int) -> list[str]:
         .prefetch_related("images")
         .order_by("created_at")
     )
+    return render_cards(prompts)
+
+
+def render_cards(prompts: list[Prompt]) -> list[str]:
+    """Cards as they stand now: queue places from the database, step detail from the cache."""
     positions = queue_positions(prompts)
-    lives = load_live_states([p.pk for p in prompts])
+    lives = load_live_states([p.pk for p in prompts if not p.is_final])
     return [render_card(p, live=lives.get(p.pk), position=positions.get(p.pk)) for p in prompts]

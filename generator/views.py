@@ -18,8 +18,8 @@ from django.views.decorators.http import require_GET, require_POST
 from . import backends
 from .forms import GenerateForm
 from .history import visible_images
-from .live import BRIDGE_GROUP, load_live_states, queue_positions, render_card
-from .models import GeneratedImage, Prompt
+from .live import BRIDGE_GROUP, queue_positions, render_card, render_cards
+from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import refusal_for_new_job
 from .workflows import DEFAULT_WORKFLOW, Workflow, WorkflowError, all_workflows, get_workflow
 
@@ -84,9 +84,7 @@ def home(request: HttpRequest) -> HttpResponse:
             Prefetch("images", queryset=GeneratedImage.objects.order_by("node_id", "output_index"))
         )[:RECENT_JOBS]
     )
-    positions = queue_positions(prompts)
-    lives = load_live_states([p.pk for p in prompts if not p.is_final])
-    cards = [render_card(p, live=lives.get(p.pk), position=positions.get(p.pk)) for p in prompts]
+    cards = render_cards(prompts)
     context = _form_context(request, workflow, _form(request, workflow, initial=initial))
     return render(request, "generator/home.html", {**context, "cards": cards})
 
@@ -151,8 +149,7 @@ def _create_prompt(request: HttpRequest, workflow: Workflow, form: GenerateForm)
 @require_GET
 def job_card(request: HttpRequest, pk: int) -> HttpResponse:
     prompt = get_object_or_404(Prompt.objects.prefetch_related("images"), pk=pk, owner=request.user)
-    live = load_live_states([prompt.pk]).get(prompt.pk)
-    return HttpResponse(render_card(prompt, live=live, position=queue_positions([prompt]).get(prompt.pk)))
+    return HttpResponse(render_cards([prompt])[0])
 
 
 @require_POST
@@ -160,23 +157,16 @@ def cancel(request: HttpRequest, pk: int) -> HttpResponse:
     """Queued: dropped at once. Handed to ComfyUI: the bridge deletes or interrupts it."""
     prompt = get_object_or_404(Prompt, pk=pk, owner=request.user)
     if prompt.status == Prompt.Status.QUEUED:
-        updated = Prompt.objects.filter(pk=pk, status=Prompt.Status.QUEUED).update(
-            status=Prompt.Status.CANCELLED, finished_at=timezone.now(), error="Cancelled before it started."
-        )
-        if not updated:  # the bridge picked it up meanwhile: cancel it there
+        try:
+            prompt.transition_to(Prompt.Status.CANCELLED, error="Cancelled before it started.")
+        except IllegalTransition:  # the bridge picked it up meanwhile: cancel it there
             prompt.refresh_from_db()
     if prompt.status in (Prompt.Status.SUBMITTED, Prompt.Status.RUNNING):
         Prompt.objects.filter(pk=pk, cancel_requested_at__isnull=True).update(
             cancel_requested_at=timezone.now()
         )
         async_to_sync(get_channel_layer().group_send)(BRIDGE_GROUP, {"type": "cancel.job", "prompt": pk})
-    return _card_response(pk)
-
-
-def _card_response(pk: int) -> HttpResponse:
-    prompt = Prompt.objects.prefetch_related("images").get(pk=pk)
-    live = load_live_states([pk]).get(pk)
-    return HttpResponse(render_card(prompt, live=live, position=queue_positions([prompt]).get(pk)))
+    return HttpResponse(render_cards([Prompt.objects.prefetch_related("images").get(pk=pk)])[0])
 
 
 def _wake_bridge() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -383,7 +384,7 @@ class Bridge:
 
     async def _settle_from_history(self, active: ActiveJob, entry: HistoryEntry) -> None:
         if entry.status_str == "success" and entry.completed:
-            for node_id, files in entry.outputs_by_node().items():
+            for node_id, files in entry.outputs.items():
                 await self._import_outputs(active, node_id, files)
             await self._finish(active, S.SUCCEEDED)
         elif isinstance(entry.failure, ExecutionInterrupted):
@@ -465,7 +466,6 @@ class Bridge:
             return None
 
     async def _send_card(self, active: ActiveJob) -> None:
-        save_live_state(active.pk, active.live)
         owner_id, html = await db(jobs.card_html)(active.pk, active.live)
         self._relay(owner_id, html)
 
@@ -487,7 +487,8 @@ class Bridge:
             return
         active.last_progress_sent = now
         active.live.progress = active.overall_progress()
-        save_live_state(active.pk, active.live)
+        # The cache may be Redis: store the snapshot off the event loop, in event order.
+        self._later(functools.partial(db(save_live_state), active.pk, dataclasses.replace(active.live)))
         # Rendered from what the bridge knows: no database read on the hottest path.
         status = S.RUNNING if active.started else S.SUBMITTED
         self._relay(

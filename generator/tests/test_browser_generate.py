@@ -13,18 +13,22 @@ def demo_site(tmp_path_factory):
         yield url
 
 
+def sign_up(page, site: str, username: str, password: str) -> None:
+    page.goto(f"{site}/accounts/signup/")
+    page.fill("#id_username", username)
+    page.fill("#id_email", f"{username}@example.com")
+    page.fill("#id_password1", password)
+    page.fill("#id_password2", password)
+    page.click("button:has-text('Sign up')")
+    page.wait_for_url(f"{site}/")
+
+
 def step_value(page) -> float:
     return float(page.eval_on_selector("#jobs .job-card .step-bar", "bar => bar.value"))
 
 
 def test_generate_watch_progress_reload_mid_job_and_see_the_image(page, demo_site):
-    page.goto(f"{demo_site}/accounts/signup/")
-    page.fill("#id_username", "lin")
-    page.fill("#id_email", "lin@example.com")
-    page.fill("#id_password1", "painting with light 77")
-    page.fill("#id_password2", "painting with light 77")
-    page.click("button:has-text('Sign up')")
-    page.wait_for_url(f"{demo_site}/")
+    sign_up(page, demo_site, "lin", "painting with light 77")
     assert "Demo backend" in page.text_content("[data-testid=backend-status]")
 
     page.fill("#id_prompt", "a lighthouse on a cliff at dusk")
@@ -55,13 +59,7 @@ def test_generate_watch_progress_reload_mid_job_and_see_the_image(page, demo_sit
 
 
 def test_bad_input_shows_field_errors_and_queues_nothing(page, demo_site):
-    page.goto(f"{demo_site}/accounts/signup/")
-    page.fill("#id_username", "mo")
-    page.fill("#id_email", "mo@example.com")
-    page.fill("#id_password1", "a careful tester 12")
-    page.fill("#id_password2", "a careful tester 12")
-    page.click("button:has-text('Sign up')")
-    page.wait_for_url(f"{demo_site}/")
+    sign_up(page, demo_site, "mo", "a careful tester 12")
 
     page.fill("#id_prompt", "x")
     page.fill("#id_steps", "0")
