@@ -1,7 +1,8 @@
 """The live pipeline, measured: form → bridge → ComfyUI (emulator) → Channels → a browser's websocket.
 
-Runs the site (uvicorn, the embedded topology: bridge in the same process, in-memory channel
-layer, SQLite) against the emulator, with websocket clients standing in for browser tabs.
+Runs the site as `manage.py serve` does (uvicorn and the bridge in one process, in-memory channel
+layer, SQLite) against the emulator in a process of its own; this process plays the browser
+tabs (websocket clients, form posts).
 
 1. Relay latency: the emulator sends a `progress` message → the owner's tab receives the
    fragment showing that step. p50/p99 with 1 and with 50 jobs in flight (target p99 < 20 ms).
@@ -34,13 +35,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "comfysite.settings")
 os.environ["COMFYSITE_VAR_DIR"] = tempfile.mkdtemp(prefix="bench-live-")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ.update(QUOTA_MAX_QUEUED="1000", QUOTA_MAX_IMAGES_PER_DAY="100000")
 
 import django  # noqa: E402
 
 django.setup()
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 import websockets  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -48,8 +49,7 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from generator.comfy.bridge import Bridge  # noqa: E402
-from generator.models import Prompt  # noqa: E402
+from generator.models import Backend, Prompt  # noqa: E402
 
 STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
 CARD_RE = re.compile(r'id="prompt-(\d+)" data-status="(\w+)"')
@@ -231,38 +231,52 @@ async def poll_loop(emulator: EmulatorProcess, count: int, poll_seconds: float) 
                 await asyncio.sleep(poll_seconds)
 
 
-async def run_site(emulator_url: str):
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            "comfysite.asgi:application",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            ws=os.environ.get("BENCH_WS", "auto"),
+class SiteProcess:
+    """`manage.py serve` against the emulator: the site and its bridge in a process of their own,
+    as a user runs it; this process plays the browsers."""
+
+    def __init__(self, emulator_url: str) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "serve", "--port", self.url.rsplit(":", 1)[1]],
+            env={**os.environ, "COMFYUI_URL": emulator_url},
+            stdout=subprocess.DEVNULL,
         )
-    )
-    serving = asyncio.create_task(server.serve())
-    bridge = Bridge(emulator_url)
-    bridging = asyncio.create_task(bridge.run())
-    while not server.started:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    await asyncio.wait_for(bridge.connected.wait(), 10)
-    return f"http://127.0.0.1:{port}", server, serving, bridging
+
+    async def started(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            online = await Backend.objects.filter(online=True).aexists()
+            if online:
+                with contextlib.suppress(httpx.HTTPError):
+                    async with httpx.AsyncClient() as http:
+                        await http.get(self.url + "/accounts/login/")
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the site did not start")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=30)
 
 
-async def stop_site(server, serving, bridging, tabs) -> None:
+async def run_site(emulator_url: str) -> SiteProcess:
+    await Backend.objects.all().adelete()
+    site = SiteProcess(emulator_url)
+    await site.started()
+    return site
+
+
+async def stop_site(site: SiteProcess, tabs: list[Tab]) -> None:
     for tab in tabs:
         await tab.close()
-    bridging.cancel()
-    server.should_exit = True
-    await asyncio.gather(bridging, serving, return_exceptions=True)
+    site.stop()
 
 
 async def latency_and_overhead() -> None:
     emulator = EmulatorProcess(step_seconds=0.0)
-    site, *running = await run_site(emulator.url)
-    solo = Tab(site, "solo")
+    site = await run_site(emulator.url)
+    solo = Tab(site.url, "solo")
     await solo.open()
     overheads, solo_jobs = [], []
     for n in range(30):
@@ -270,12 +284,12 @@ async def latency_and_overhead() -> None:
         overheads.append(await solo.finished_at(pk) - started)
         solo_jobs.append(pk)
     direct = await direct_job_seconds(emulator, 30)
-    tabs = [Tab(site, f"user{n}") for n in range(50)]
+    tabs = [Tab(site.url, f"user{n}") for n in range(50)]
     for tab in tabs:
         await tab.open()
     batch = await asyncio.gather(*(tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)))
     await asyncio.gather(*(tab.finished_at(pk) for tab, (pk, _) in zip(tabs, batch, strict=True)))
-    await stop_site(*running, [solo, *tabs])
+    await stop_site(site, [solo, *tabs])
     progress = emulator.stop()["progress"]
 
     solo_latency = await relay_latencies([solo], solo_jobs, progress)
@@ -294,13 +308,13 @@ async def latency_and_overhead() -> None:
 
 async def idle_time() -> None:
     emulator = EmulatorProcess(step_seconds=0.025)  # 8 steps: 0.2 s per job
-    site, *running = await run_site(emulator.url)
-    solo = Tab(site, "queue")
+    site = await run_site(emulator.url)
+    solo = Tab(site.url, "queue")
     await solo.open()
     queued = [await solo.generate(f"queue job {n}") for n in range(50)]
     for pk, _ in queued:
         await solo.finished_at(pk)
-    await stop_site(*running, [solo])
+    await stop_site(site, [solo])
     runs = emulator.stop()["runs"]
     gaps = idle_gaps(runs)
     per_job = statistics.median(end - start for start, end in runs)
@@ -319,7 +333,6 @@ async def idle_time() -> None:
 
 async def main() -> None:
     await sync_to_async(call_command)("migrate", verbosity=0)
-    settings.DEFAULT_QUOTA = {"max_queued": 1000, "max_running": 2, "max_images_per_day": 100000}
     print(
         f"database {settings.DATABASES['default']['ENGINE']}, "
         f"channel layer {settings.CHANNEL_LAYERS['default']['BACKEND']}"

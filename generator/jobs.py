@@ -86,8 +86,9 @@ def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | N
     The row gets its ComfyUI prompt id before anything is sent, so a crash between the POST
     and our next write is found again by reconciliation.
     """
-    blocked_owners = users_at_running_limit()
-    for prompt in next_queued_prompts():
+    candidates = next_queued_prompts()
+    blocked_owners = users_at_running_limit() if candidates else set()
+    for prompt in candidates:
         if prompt.owner_id in blocked_owners:
             continue
         try:
@@ -211,17 +212,34 @@ def store_output(pk: int, node_id: str, index: int, filename: str, data: bytes) 
 def card_html(pk: int, live: LiveState | None = None) -> tuple[int, str]:
     """The owner of job `pk` and its card as it stands now; `live` is kept for tabs that
     connect later."""
-    if live is not None:
-        save_live_state(pk, live)
     prompt = Prompt.objects.prefetch_related("images").get(pk=pk)
-    position = queue_positions([prompt]).get(pk)
-    return prompt.owner_id, render_card(prompt, live=live, position=position)
+    return prompt.owner_id, _card(prompt, live)
 
 
-def queued_positions() -> list[tuple[int, str]]:
-    """The status line of every queued job, for when the queue moves and their places change."""
+def advance(pk: int, status: str, live: LiveState | None = None, **changes: Any) -> tuple[int, str]:
+    """Move job `pk` to `status` if that is still legal, and render its card as it then stands
+    (the job's real state when the move lost a race, e.g. to a cancel)."""
+    prompt = Prompt.objects.prefetch_related("images").get(pk=pk)
+    if prompt.status != status:
+        _try_transition(prompt, status, **changes)
+    return prompt.owner_id, _card(prompt, live)
+
+
+def _card(prompt: Prompt, live: LiveState | None) -> str:
+    if live is not None:
+        save_live_state(prompt.pk, live)
+    position = queue_positions([prompt]).get(prompt.pk)
+    return render_card(prompt, live=live, position=position)
+
+
+def queued_positions(last_sent: dict[int, int]) -> tuple[dict[int, int], list[tuple[int, str]]]:
+    """Every queued job's place now, and the status line of each whose place differs from
+    `last_sent`: when the queue moves, only the jobs whose place changed are told."""
     prompts = list(
         Prompt.objects.filter(status=S.QUEUED).only("pk", "owner_id", "status", "cancel_requested_at")
     )
     positions = queue_positions(prompts)
-    return [(p.owner_id, render_progress(p, live=LiveState(), position=positions.get(p.pk))) for p in prompts]
+    changed = [p for p in prompts if last_sent.get(p.pk) != positions.get(p.pk)]
+    return positions, [
+        (p.owner_id, render_progress(p, live=LiveState(), position=positions.get(p.pk))) for p in changed
+    ]

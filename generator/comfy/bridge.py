@@ -20,11 +20,13 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from channels.layers import get_channel_layer
+from django.db import DatabaseError, connections
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -52,7 +54,27 @@ from .events import (
 logger = logging.getLogger(__name__)
 
 S = Prompt.Status
-db = sync_to_async  # thread_sensitive: ORM calls share one worker thread, as Django expects
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`func` run on the bridge's database thread (see Bridge.run).
+
+    The bridge keeps its connection for as long as it runs; one that failed (the database
+    restarted) is dropped, so the next call opens a new one instead of failing forever.
+    """
+
+    @functools.wraps(func)
+    def reconnecting(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except DatabaseError:
+            if not all(c.connection is None or c.is_usable() for c in connections.all(initialized_only=True)):
+                connections.close_all()
+            raise
+
+    return sync_to_async(reconnecting)
 
 
 @dataclass
@@ -68,6 +90,7 @@ class ActiveJob:
     last_progress_sent: float = 0.0
     last_preview_sent: float = 0.0
     started: bool = False
+    verdict_seen: bool = False  # ComfyUI said it ended; its final card follows the imports
     current_node: str = ""
 
     @property
@@ -86,6 +109,7 @@ class BridgeSettings:
     silence_seconds: float = 120.0  # a running job with no event this long is reconciled
     preview_interval: float = 0.25  # at most four live previews a second per job
     progress_interval: float = 0.05
+    positions_interval: float = 0.5  # queue places are told at most twice a second
 
 
 class Bridge:
@@ -116,11 +140,29 @@ class Bridge:
         self._tasks: list[asyncio.Task] = []
         self._state_work: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._outbox: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self.positions_moved = asyncio.Event()
+        self._positions_sent: dict[int, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until cancelled."""
+        """Run until cancelled.
+
+        The bridge's database work runs on a thread (and connection) of its own, so it never
+        waits behind the web views' work on the thread Django's async views share.
+        """
+        database_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-db")
+        try:
+            async with ThreadSensitiveContext(executor=database_thread):
+                try:
+                    await self._run()
+                finally:
+                    with contextlib.suppress(Exception):
+                        await db(connections.close_all)()
+        finally:
+            database_thread.shutdown(wait=False)
+
+    async def _run(self) -> None:
         await db(self._save_backend)(online=False, status_message="connecting")
         self._tasks = [
             asyncio.create_task(self._consume_events(), name=f"bridge-events {self.url}"),
@@ -129,6 +171,7 @@ class Bridge:
             asyncio.create_task(self._dispatch(), name=f"bridge-dispatch {self.url}"),
             asyncio.create_task(self._watch_silence(), name=f"bridge-watchdog {self.url}"),
             asyncio.create_task(self._listen_control(), name=f"bridge-control {self.url}"),
+            asyncio.create_task(self._publish_positions(), name=f"bridge-positions {self.url}"),
         ]
         try:
             await asyncio.gather(*self._tasks)
@@ -191,6 +234,7 @@ class Bridge:
         elif isinstance(event, Executed):
             self._later(lambda: self._import_outputs(active, event.node, event.files))
         elif isinstance(event, ExecutionSuccess):
+            active.verdict_seen = True
             self._later(lambda: self._finish(active, S.SUCCEEDED))
         elif isinstance(event, ExecutionError):
             workflow = self._workflow(active)
@@ -226,8 +270,7 @@ class Bridge:
         self.wake.set()
 
     async def _on_start(self, active: ActiveJob) -> None:
-        await db(jobs.transition)(active.pk, S.RUNNING)
-        await self._send_card(active)
+        self._relay(*await db(jobs.advance)(active.pk, S.RUNNING, active.live))
 
     def _on_executing(self, active: ActiveJob, event: Executing) -> None:
         if event.is_end:
@@ -275,17 +318,16 @@ class Bridge:
                 continue
             data = await self.client.view(output)
             await db(jobs.store_output)(active.pk, node_id, index, output.filename, data)
-        if kept:
+        if kept and not active.verdict_seen:  # else the final card, next, shows them
             await self._send_card(active)
 
     async def _finish(self, active: ActiveJob, status: str, *, error: str = "") -> None:
         changes = {"error": error} if error else {}
-        await db(jobs.transition)(active.pk, status, **changes)
         self.active.pop(active.job.comfy_prompt_id, None)
         if self.running_prompt_id == active.job.comfy_prompt_id:
             self.running_prompt_id = None
-        await self._send_card(active)
-        self.wake.set()
+        self.wake.set()  # the next job goes out while this one's card is rendered
+        self._relay(*await db(jobs.advance)(active.pk, status, active.live, **changes))
 
     # -- handing jobs to ComfyUI -----------------------------------------------------------
 
@@ -313,7 +355,7 @@ class Bridge:
                 break
             submitted_any = True
         if submitted_any:
-            await self._send_queue_positions()
+            self.positions_moved.set()
 
     async def _submit(self, submission: jobs.Submission) -> bool:
         job, graph = submission.job, submission.graph
@@ -383,6 +425,7 @@ class Bridge:
                 await self._settle_from_history(active, entry)
 
     async def _settle_from_history(self, active: ActiveJob, entry: HistoryEntry) -> None:
+        active.verdict_seen = True
         if entry.status_str == "success" and entry.completed:
             for node_id, files in entry.outputs.items():
                 await self._import_outputs(active, node_id, files)
@@ -495,9 +538,21 @@ class Bridge:
             active.job.owner_id, render_progress(Prompt(pk=active.pk, status=status), live=active.live)
         )
 
-    async def _send_queue_positions(self) -> None:
-        for owner_id, html in await db(jobs.queued_positions)():
-            self._relay(owner_id, html)
+    async def _publish_positions(self) -> None:
+        """Tell waiting jobs their new place when the queue moves; coalesced, since with many
+        jobs waiting each move changes every place, and those fragments must not crowd out
+        the running jobs' progress."""
+        while True:
+            await self.positions_moved.wait()
+            self.positions_moved.clear()
+            try:
+                self._positions_sent, changed = await db(jobs.queued_positions)(self._positions_sent)
+            except Exception:
+                logger.exception("Bridge %s: queue places not sent", self.url)
+            else:
+                for owner_id, html in changed:
+                    self._relay(owner_id, html)
+            await asyncio.sleep(self.settings.positions_interval)
 
     async def _refresh_backend_info(self) -> None:
         try:

@@ -119,3 +119,25 @@ def test_jobs_of_a_user_at_the_running_limit_wait_while_others_go(settings):
 
     assert claimed == [first.pk, bobs.pk]
     assert claim_next_job("http://gpu", on_demo_backend=False) is None
+
+
+def test_when_the_queue_moves_only_jobs_whose_place_changed_are_told():
+    from generator.jobs import queued_positions
+
+    alice, bob = UserFactory(), UserFactory()
+    first, second = PromptFactory(owner=alice), PromptFactory(owner=bob)
+    positions, fragments = queued_positions({})
+    assert positions == {first.pk: 1, second.pk: 2}
+    assert len(fragments) == 2
+
+    third = PromptFactory(owner=UserFactory())  # joins at the back: nobody else moved
+    positions, fragments = queued_positions(positions)
+    assert positions[third.pk] == 3
+    assert [html for _, html in fragments] == [f for _, f in fragments if f"prompt-{third.pk}-" in f]
+    assert len(fragments) == 1
+
+    claim_next_job("http://gpu", on_demo_backend=False)  # first goes to the GPU
+    positions, fragments = queued_positions(positions)
+    # The claimed job still counts ahead of the others while it waits in ComfyUI: no place moved.
+    assert first.pk not in positions
+    assert fragments == []
