@@ -7,6 +7,7 @@ DATABASE_URL (PostgreSQL), REDIS_URL and COMFYUI_URL; see the README.
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -110,6 +111,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Tests use a file too: an in-memory database shared between threads locks whole tables
+    # and fails at once where a file waits its turn, as the site's bridges and views do.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"comfysite-test-{os.getpid()}.sqlite3")
+    }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
@@ -177,10 +183,17 @@ STORAGES = {
     },
 }
 
-# The ComfyUI server the bridge talks to. Unset: the built-in emulator (demo backend) is used
-# when nothing answers at the default address.
+# The ComfyUI servers the bridges drive: COMFYUI_URLS, comma-separated, each URL optionally
+# with "?label=GPU%20A&weight=2"; or COMFYUI_URL for one. Neither set: the built-in emulator
+# (demo backend) is used when nothing answers at the default address.
 COMFYUI_URL = os.environ.get("COMFYUI_URL", "")
+COMFYUI_URLS = env_list("COMFYUI_URLS") or ([COMFYUI_URL] if COMFYUI_URL else [])
 COMFYUI_DEFAULT_URL = "http://127.0.0.1:8188"
+# A bridge process holds each backend it drives by a lease it renews; when the process dies,
+# another takes the backend over once the lease runs out.
+BRIDGE_LEASE_SECONDS = float(os.environ.get("BRIDGE_LEASE_SECONDS", "10"))
+# A backend unreachable this long has its unfinished jobs put back in the queue for the others.
+BACKEND_DEAD_SECONDS = float(os.environ.get("BACKEND_DEAD_SECONDS", "60"))
 
 WORKFLOWS_DIR = Path(os.environ.get("WORKFLOWS_DIR", BASE_DIR / "workflows"))
 

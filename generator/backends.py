@@ -1,14 +1,21 @@
-"""What pages know of the ComfyUI backends: read from the rows the bridge keeps up to date."""
+"""The ComfyUI backends: how they are configured, which bridge process drives each (a lease),
+and what pages know of them (the rows the bridges keep up to date)."""
 
 from __future__ import annotations
 
+import datetime
 import json
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from .models import Backend
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import Backend, Prompt
 from .workflows import Workflow
 
 BUNDLED_OBJECT_INFO = Path(__file__).resolve().parent / "comfy" / "data" / "object_info.json"
@@ -65,3 +72,96 @@ def workflow_problems(workflow: Workflow) -> list[str]:
             return []
         best = problems if best is None else best
     return best or []
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    url: str
+    label: str = ""
+    weight: int = 1
+
+
+def parse_backend_urls(entries: list[str]) -> list[BackendConfig]:
+    """COMFYUI_URLS entries: `http://host:8188`, optionally `?label=GPU%20A&weight=2`."""
+    configs = []
+    for entry in entries:
+        parts = urlsplit(entry.strip())
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"COMFYUI_URLS: {entry!r} is not an http(s) URL")
+        options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+        unknown = set(options) - {"label", "weight"}
+        if unknown:
+            raise ValueError(f"COMFYUI_URLS: {entry!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        try:
+            weight = int(options.get("weight", "1"))
+        except ValueError:
+            weight = 0
+        if weight < 1:
+            raise ValueError(f"COMFYUI_URLS: {entry!r}: weight must be a whole number of at least 1")
+        url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        configs.append(BackendConfig(url, options.get("label", ""), weight))
+    return configs
+
+
+# -- which bridge process drives which backend --------------------------------------------------
+
+
+def take_lease(config: BackendConfig, owner: str, seconds: float, *, is_demo: bool = False) -> bool:
+    """Make `owner` the one bridge process driving this backend, if nobody else holds it now."""
+    now = timezone.now()
+    Backend.objects.get_or_create(url=config.url)
+    taken = (
+        Backend.objects.filter(url=config.url)
+        .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=now))
+        .update(
+            lease_owner=owner,
+            lease_expires_at=now + datetime.timedelta(seconds=seconds),
+            label=config.label,
+            weight=config.weight,
+            is_demo=is_demo,
+        )
+    )
+    return bool(taken)
+
+
+def renew_leases(urls: list[str], owner: str, seconds: float) -> set[str]:
+    """Extend `owner`'s leases on `urls`; the URLs it still holds."""
+    held = Backend.objects.filter(url__in=urls, lease_owner=owner, lease_expires_at__gte=timezone.now())
+    kept = set(held.values_list("url", flat=True))
+    Backend.objects.filter(url__in=kept, lease_owner=owner).update(
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=seconds)
+    )
+    return kept
+
+
+def release_leases(urls: list[str], owner: str) -> None:
+    """Hand the backends back at once (a clean stop), so another process need not wait."""
+    Backend.objects.filter(url__in=urls, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+# -- where the next job goes ---------------------------------------------------------------------
+
+UNFINISHED_ON_GPU = [Prompt.Status.SUBMITTED, Prompt.Status.RUNNING]
+
+
+def healthy_backends(fresh_seconds: float) -> list[Backend]:
+    """Backends online whose bridge reported within `fresh_seconds` (a dead bridge's row goes stale)."""
+    since = timezone.now() - datetime.timedelta(seconds=fresh_seconds)
+    return list(Backend.objects.filter(online=True, checked_at__gte=since))
+
+
+def has_least_work(url: str, *, depth: int, fresh_seconds: float) -> bool:
+    """Whether backend `url` should take the next job: no other healthy backend with room has
+    less work for its weight. Equal loads all take (they claim different jobs)."""
+    healthy = [b for b in healthy_backends(fresh_seconds) if b.url != url]
+    if not healthy:
+        return True
+    urls = [url, *(b.url for b in healthy)]
+    on_gpu = Prompt.objects.filter(status__in=UNFINISHED_ON_GPU, backend__in=urls)
+    load = Counter(on_gpu.values_list("backend", flat=True))
+    weight = Backend.objects.filter(url=url).values_list("weight", flat=True).first() or 1
+    mine = load[url] / weight
+    return not any(load[b.url] < depth and load[b.url] / max(1, b.weight) < mine for b in healthy)

@@ -96,15 +96,7 @@ def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | N
         except WorkflowError as error:
             _try_transition(prompt, S.FAILED, error=f"This job's workflow is no longer available: {error}.")
             continue
-        try:
-            prompt.transition_to(
-                S.SUBMITTED,
-                comfy_prompt_id=uuid.uuid4(),
-                backend=backend_url,
-                on_demo_backend=on_demo_backend,
-                submit_attempts=prompt.submit_attempts + 1,
-            )
-        except IllegalTransition:  # cancelled or claimed elsewhere meanwhile
+        if not _claim(prompt, backend_url, on_demo_backend):
             continue
         values = {**prompt.params, "prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
         graph = workflow.fill(values, filename_prefix=f"comfysite/job{prompt.pk}")
@@ -115,6 +107,35 @@ def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | N
             image = handle.read()
         return Submission(_job(prompt), graph, image, (image_parameter.node_id, image_parameter.input_name))
     return None
+
+
+def _claim(prompt: Prompt, backend_url: str, on_demo_backend: bool) -> bool:
+    """Exactly one bridge wins a job. On PostgreSQL the row is locked with SKIP LOCKED, so
+    bridges claiming at once pass over each other's rows instead of queueing on them; the
+    conditional update of transition_to guards every database."""
+    with transaction.atomic():
+        if not Prompt.objects.select_for_update(skip_locked=True).filter(pk=prompt.pk, status=S.QUEUED):
+            return False
+        try:
+            prompt.transition_to(
+                S.SUBMITTED,
+                comfy_prompt_id=uuid.uuid4(),
+                backend=backend_url,
+                on_demo_backend=on_demo_backend,
+                submit_attempts=prompt.submit_attempts + 1,
+            )
+        except IllegalTransition:  # cancelled or claimed elsewhere meanwhile
+            return False
+    return True
+
+
+def release_jobs_on(backend_url: str, reason: str) -> list[int]:
+    """A backend that died: its unfinished jobs go back to the queue (or fail on a second loss)."""
+    moved = []
+    for prompt in Prompt.objects.filter(backend=backend_url, status__in=[S.SUBMITTED, S.RUNNING]):
+        requeue_or_fail(prompt.pk, reason)
+        moved.append(prompt.pk)
+    return moved
 
 
 def jobs_on_backend(backend_url: str) -> list[Job]:

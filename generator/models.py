@@ -32,9 +32,17 @@ class Backend(models.Model):
 
     url = models.CharField(max_length=200, unique=True)
     label = models.CharField(max_length=100, blank=True)
+    weight = models.PositiveSmallIntegerField(
+        default=1, help_text="Relative capacity: jobs go where (jobs in it ÷ weight) is lowest."
+    )
     is_demo = models.BooleanField(default=False, help_text="The built-in emulator, not a real ComfyUI.")
     online = models.BooleanField(default=False)
     status_message = models.CharField(max_length=300, blank=True)
+    offline_since = models.DateTimeField(null=True, blank=True)
+    # Which bridge process drives this backend, until when: one websocket owner at a time.
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    system_stats = models.JSONField(default=dict, blank=True)
     queue_remaining = models.PositiveIntegerField(default=0)
     # Only the node classes our workflows use, plus every node class name: enough for forms
     # and availability checks without loading ComfyUI's multi-megabyte /object_info per page.

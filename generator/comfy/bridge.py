@@ -30,7 +30,7 @@ from django.db import DatabaseError, connections
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from generator import jobs
+from generator import backends, jobs
 from generator.live import BRIDGE_GROUP, LiveState, render_progress, save_live_state, user_group
 from generator.models import Backend, Prompt
 from generator.workflows import Workflow, WorkflowError, all_workflows, get_workflow
@@ -77,6 +77,12 @@ def db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return sync_to_async(reconnecting)
 
 
+def client_id_for(url: str) -> str:
+    """The fixed client id of the bridge driving `url`: whichever process drives it, ComfyUI
+    sends the events of the jobs queued there to the same id."""
+    return f"comfysite-{uuid.uuid5(uuid.NAMESPACE_URL, url.rstrip('/')).hex[:12]}"
+
+
 @dataclass
 class ActiveJob:
     """A job this bridge has handed to ComfyUI, with what its events have told us so far."""
@@ -110,6 +116,8 @@ class BridgeSettings:
     preview_interval: float = 0.25  # at most four live previews a second per job
     progress_interval: float = 0.05
     positions_interval: float = 0.5  # queue places are told at most twice a second
+    health_seconds: float = 5.0  # /system_stats this often; the row's checked_at is our heartbeat
+    dead_seconds: float = 60.0  # unreachable this long: its jobs go back to the queue for others
 
 
 class Bridge:
@@ -118,14 +126,18 @@ class Bridge:
         url: str,
         *,
         label: str = "",
+        weight: int = 1,
         is_demo: bool = False,
         client_id: str | None = None,
         settings: BridgeSettings | None = None,
+        lease_owner: str = "",
     ) -> None:
         self.url = url.rstrip("/")
         self.label = label
+        self.weight = weight
         self.is_demo = is_demo
-        self.client_id = client_id or f"comfysite-{uuid.uuid5(uuid.NAMESPACE_URL, self.url).hex[:12]}"
+        self.lease_owner = lease_owner  # the bridge process holding this backend, if leased
+        self.client_id = client_id or client_id_for(self.url)
         self.settings = settings or BridgeSettings()
         self.client = ComfyClient(self.url)
         self.connection = ComfyConnection(self.url, self.client_id)
@@ -172,6 +184,7 @@ class Bridge:
             asyncio.create_task(self._watch_silence(), name=f"bridge-watchdog {self.url}"),
             asyncio.create_task(self._listen_control(), name=f"bridge-control {self.url}"),
             asyncio.create_task(self._publish_positions(), name=f"bridge-positions {self.url}"),
+            asyncio.create_task(self._check_health(), name=f"bridge-health {self.url}"),
         ]
         try:
             await asyncio.gather(*self._tasks)
@@ -264,6 +277,7 @@ class Bridge:
         await self._refresh_backend_info()
         await self._load_jobs_from_database()
         await self.reconcile(list(self.active.values()))
+        await self._drop_stale_copies()
         # Only now may new jobs go out: reconciling must not mistake a job being submitted
         # for one ComfyUI lost.
         self.connected.set()
@@ -346,6 +360,10 @@ class Bridge:
     async def _fill_backend_queue(self) -> None:
         submitted_any = False
         while self.connected.is_set() and len(self.active) < self.settings.depth:
+            if not await db(backends.has_least_work)(
+                self.url, depth=self.settings.depth, fresh_seconds=3 * self.settings.health_seconds
+            ):
+                break  # another backend with room has less to do: it takes this job
             async with self.submitting:
                 claimed = await db(jobs.claim_next_job)(self.url, on_demo_backend=self.is_demo)
                 if claimed is None:
@@ -448,6 +466,58 @@ class Bridge:
         logger.warning("Bridge %s: job %s was lost by ComfyUI; now %s", self.url, active.pk, status)
         await self._send_card(active)
         self.wake.set()
+
+    async def _drop_stale_copies(self) -> None:
+        """Delete from ComfyUI's queue what we queued there but no longer expect from it: jobs
+        moved to another backend while this one was unreachable must not run twice."""
+        try:
+            queue = await self.client.queue()
+            expected = set(self.active)
+            stale = [p for p, c in queue.client_ids.items() if c == self.client_id and p not in expected]
+            if not stale:
+                return
+            logger.warning("Bridge %s: removing %d stale job copies from ComfyUI", self.url, len(stale))
+            await self.client.delete_from_queue(stale)
+            for prompt_id in set(stale) & set(queue.running):
+                await self.client.interrupt(prompt_id)
+        except ComfyError as error:
+            logger.warning("Bridge %s: cannot check for stale job copies: %s", self.url, error)
+
+    async def _check_health(self) -> None:
+        """Heartbeat and health: /system_stats while connected; when the backend has been
+        unreachable for `dead_seconds` (counted from the database, so a bridge taking over
+        goes on counting), its jobs go back to the queue for the other backends."""
+        while True:
+            await asyncio.sleep(self.settings.health_seconds)
+            if self.connected.is_set():
+                try:
+                    stats = await self.client.system_stats()
+                except ComfyError as error:
+                    await db(self._save_backend)(online=False, status_message=f"health check: {error}")
+                else:
+                    await db(self._save_backend)(online=True, status_message="", system_stats=stats)
+                continue
+            offline_for = await db(self._offline_seconds)()
+            if offline_for is not None and offline_for >= self.settings.dead_seconds:
+                self._later(self._give_up_jobs)
+
+    async def _give_up_jobs(self) -> None:
+        if self.connected.is_set():
+            return  # it came back meanwhile: reconciling handles its jobs
+        reason = "Its ComfyUI backend stopped answering, twice; please try again."
+        moved = await db(jobs.release_jobs_on)(self.url, reason)
+        if not moved:
+            return
+        logger.warning("Bridge %s: unreachable; %d jobs go back to the queue", self.url, len(moved))
+        self.active.clear()
+        self.running_prompt_id = None
+        for pk in moved:
+            self._relay(*await db(jobs.card_html)(pk))
+        await self.layer.group_send(BRIDGE_GROUP, {"type": "wake"})
+
+    def _offline_seconds(self) -> float | None:
+        since = Backend.objects.filter(url=self.url).values_list("offline_since", flat=True).first()
+        return (timezone.now() - since).total_seconds() if since else None
 
     async def _watch_silence(self) -> None:
         while True:
@@ -562,16 +632,34 @@ class Bridge:
             info = None
         await db(self._save_backend)(online=True, status_message="", object_info=info)
 
-    def _save_backend(self, *, online: bool, status_message: str, object_info: dict | None = None) -> None:
+    def _save_backend(
+        self,
+        *,
+        online: bool,
+        status_message: str,
+        object_info: dict | None = None,
+        system_stats: dict | None = None,
+    ) -> None:
+        now = timezone.now()
         fields: dict[str, Any] = {
             "online": online,
             "status_message": status_message[:300],
             "is_demo": self.is_demo,
             "label": self.label,
-            "checked_at": timezone.now(),
+            "weight": self.weight,
+            "checked_at": now,
         }
+        if online:
+            fields["offline_since"] = None
         if object_info is not None:
             used = set().union(*(w.node_classes for w in all_workflows().values()))
             fields["object_info"] = {name: spec for name, spec in object_info.items() if name in used}
             fields["node_classes"] = sorted(object_info)
-        Backend.objects.update_or_create(url=self.url, defaults=fields)
+        if system_stats is not None:
+            fields["system_stats"] = system_stats
+        if self.lease_owner:  # a process that lost its lease must not overwrite the new owner's news
+            Backend.objects.filter(url=self.url, lease_owner=self.lease_owner).update(**fields)
+        else:
+            Backend.objects.update_or_create(url=self.url, defaults=fields)
+        if not online:
+            Backend.objects.filter(url=self.url, offline_since__isnull=True).update(offline_since=now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ class QueuedPrompt:
 class QueueSnapshot:
     running: tuple[str, ...]
     pending: tuple[str, ...]
+    client_ids: Mapping[str, str] = field(default_factory=dict)  # prompt id → who queued it
 
     def position(self, prompt_id: str) -> int | None:
         """0 while running, 1.. while waiting, None when not in the queue."""
@@ -148,9 +149,15 @@ class ComfyClient:
     async def queue(self) -> QueueSnapshot:
         body = await self._get_json("/queue")
         try:
+            items = [*body["queue_running"], *body["queue_pending"]]
             return QueueSnapshot(
                 running=tuple(str(item[1]) for item in body["queue_running"]),
                 pending=tuple(str(item[1]) for item in body["queue_pending"]),
+                client_ids={
+                    str(item[1]): str(item[3].get("client_id") or "")
+                    for item in items
+                    if len(item) > 3 and isinstance(item[3], dict)
+                },
             )
         except (KeyError, TypeError, IndexError) as error:
             raise ProtocolError(f"ComfyUI's /queue answer is malformed: {error}") from error

@@ -140,7 +140,10 @@ async def test_a_recorded_queue_gives_running_and_pending_ids_in_order(recorded)
 
     running = tuple(item[1] for item in answer["json"]["queue_running"])
     pending = tuple(item[1] for item in answer["json"]["queue_pending"])
-    assert snapshot == QueueSnapshot(running, pending)
+    owners = {item[1]: item[3]["client_id"] for item in answer["json"]["queue_running"]}
+    owners |= {item[1]: item[3]["client_id"] for item in answer["json"]["queue_pending"]}
+    assert snapshot == QueueSnapshot(running, pending, owners)
+    assert set(snapshot.client_ids.values()) == {"harness-8ccab5bd"}  # who queued each one
     assert (len(running), len(pending), remaining) == (1, 2, 3)
     assert [snapshot.position(p) for p in (*running, *pending)] == [0, 1, 2]
 
@@ -293,7 +296,9 @@ async def test_queue_and_queue_remaining_show_running_and_waiting_prompts(slow_e
 
         snapshot = await comfy.queue()
 
-        assert snapshot == QueueSnapshot(running=(first,), pending=(second,))
+        assert snapshot == QueueSnapshot(
+            running=(first,), pending=(second,), client_ids={first: "site", second: "site"}
+        )
         assert (snapshot.position(first), snapshot.position(second), snapshot.position("x")) == (0, 1, None)
         assert await comfy.queue_remaining() == 2
 

@@ -1,4 +1,4 @@
-"""Run the bridge alone (production): web processes and bridges meet in the database and Redis."""
+"""Run a bridge process (production): web processes and bridges meet in the database and Redis."""
 
 from __future__ import annotations
 
@@ -9,25 +9,42 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from generator.comfy.bridge import Bridge
+from generator.backends import parse_backend_urls
+from generator.comfy.bridge import BridgeSettings
+from generator.comfy.pool import BridgePool
 
 
 class Command(BaseCommand):
-    help = "Drive the ComfyUI backend named by COMFYUI_URL from the site's job queue."
+    help = (
+        "Drive the ComfyUI backends of COMFYUI_URLS from the site's job queue. Several processes may "
+        "run: each backend is driven by one of them at a time, and the others take over if it dies."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--url", default=settings.COMFYUI_URL, help="ComfyUI base URL (default: COMFYUI_URL)"
+            "--url",
+            action="append",
+            dest="urls",
+            help="A ComfyUI base URL (repeatable; default: COMFYUI_URLS, or COMFYUI_URL)",
         )
 
-    def handle(self, *args: Any, url: str, **options: Any) -> None:
-        if not url:
-            raise CommandError("Set COMFYUI_URL (or pass --url) to the ComfyUI server to drive.")
+    def handle(self, *args: Any, urls: list[str] | None, **options: Any) -> None:
+        try:
+            backends = parse_backend_urls(urls or settings.COMFYUI_URLS)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        if not backends:
+            raise CommandError("Set COMFYUI_URLS (or COMFYUI_URL, or pass --url) to the ComfyUI servers.")
         if not settings.REDIS_URL:
             self.stderr.write(
                 "REDIS_URL is not set: with the in-memory channel layer, progress cannot reach web "
                 "processes. Use `manage.py serve` for a single-process site."
             )
-        self.stdout.write(f"Bridge to {url} (Ctrl-C to stop)")
+        pool = BridgePool(
+            backends,
+            lease_seconds=settings.BRIDGE_LEASE_SECONDS,
+            settings=BridgeSettings(dead_seconds=settings.BACKEND_DEAD_SECONDS),
+        )
+        self.stdout.write(f"Bridge {pool.owner} for {', '.join(b.url for b in backends)} (Ctrl-C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(Bridge(url).run())
+            asyncio.run(pool.run())

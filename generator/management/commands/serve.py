@@ -1,7 +1,8 @@
 """Run the whole site in one process: the ASGI server and the bridge, on one event loop.
 
-With COMFYUI_URL unset and no ComfyUI answering at the default address, the built-in
-emulator is started as a clearly labelled demo backend.
+It drives every backend of COMFYUI_URLS (or COMFYUI_URL). With neither set and no ComfyUI
+answering at the default address, the built-in emulator is started as a clearly labelled demo
+backend.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 import httpx
 import uvicorn
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from generator.comfy.bridge import Bridge
+from generator.backends import BackendConfig, parse_backend_urls
+from generator.comfy.bridge import BridgeSettings
+from generator.comfy.pool import BridgePool
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +51,34 @@ class Command(BaseCommand):
 
     async def serve(self, host: str, port: int, demo_step_seconds: float) -> None:
         async with contextlib.AsyncExitStack() as stack:
-            url = settings.COMFYUI_URL.rstrip("/")
-            is_demo = False
-            if not url:
+            try:
+                backends = parse_backend_urls(settings.COMFYUI_URLS)
+            except ValueError as error:
+                raise CommandError(str(error)) from None
+            demo_urls: frozenset[str] = frozenset()
+            if not backends:
                 url = settings.COMFYUI_DEFAULT_URL
                 if not await comfyui_answers(url):
                     from generator.comfy.emulator import Emulator
 
                     emulator = await stack.enter_async_context(Emulator(step_seconds=demo_step_seconds))
-                    url, is_demo = emulator.url, True
-            self.stdout.write(f"ComfyUI backend: {url}" + (" (built-in demo emulator)" if is_demo else ""))
-            bridge = asyncio.create_task(Bridge(url, label="Demo" if is_demo else "", is_demo=is_demo).run())
+                    url, demo_urls = emulator.url, frozenset({emulator.url})
+                backends = [BackendConfig(url, "Demo" if demo_urls else "")]
+            for backend in backends:
+                demo = " (built-in demo emulator)" if backend.url in demo_urls else ""
+                self.stdout.write(f"ComfyUI backend: {backend.url}{demo}")
+            pool = BridgePool(
+                backends,
+                lease_seconds=settings.BRIDGE_LEASE_SECONDS,
+                settings=BridgeSettings(dead_seconds=settings.BACKEND_DEAD_SECONDS),
+                demo_urls=demo_urls,
+            )
+            bridges = asyncio.create_task(pool.run())
             config = uvicorn.Config("comfysite.asgi:application", host=host, port=port, lifespan="off")
             self.stdout.write(f"ComfySite at http://{host}:{port}/ (Ctrl-C to stop)")
             try:
                 await uvicorn.Server(config).serve()
             finally:
-                bridge.cancel()
+                bridges.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await bridge
+                    await bridges

@@ -1,0 +1,520 @@
+"""The production topology of issue #7, measured: PostgreSQL, Redis, one `manage.py comfy_bridge`
+process driving several emulated ComfyUI backends (COMFYUI_URLS), web processes under uvicorn.
+
+Every piece runs in a process of its own: each backend is bench/timed_emulator.py (it notes
+when it sent each `progress` message and when it ran each prompt, on CLOCK_MONOTONIC, which
+time.perf_counter reads here too); this process plays the users (form posts, websockets).
+The bench makes its own PostgreSQL database (`comfysite_bench`, dropped and made again, then
+migrated) and uses Redis database 3 (flushed at the start).
+
+1. Throughput with 1, 2 and 4 backends at a fixed step time (8 steps at 0.05 s, 64 × 64,
+   previews on). Per N: N emulators, one bridge process for all of them, 24 × N jobs from 8
+   users, made by posting the form (Django's test client, in one transaction so that every job
+   becomes visible at the same instant), then the bridge is woken as a post wakes it. Timed
+   from that commit to the last job's `finished_at`; one job per backend is run first, untimed,
+   so each bridge is connected and warm. Reports jobs/s and the ratio to N × the one-backend
+   figure (target ≥ 0.95), and checks every job succeeded.
+2. Relay latency through Redis with 200 websocket clients: one web process (uvicorn), one bridge
+   process (two backends), 200 users each logged in with a websocket open on /ws/jobs/ and one
+   job posted through /generate/. Latency: the emulator sends a `progress` message → the owner's
+   websocket receives the fragment showing that step. p50/p99 and the number of fragments.
+
+    .venv/bin/python bench/topology.py
+
+Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and Redis at 127.0.0.1:6379. The
+database is left behind for inspection; every child process is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+BENCH_DATABASE = "comfysite_bench"
+VAR_DIR = Path(tempfile.mkdtemp(prefix="bench-topology-"))
+for inherited in ("COMFYUI_URL", "COMFYUI_URLS", "MEDIA_ROOT"):
+    os.environ.pop(inherited, None)
+os.environ.update(
+    DJANGO_SETTINGS_MODULE="comfysite.settings",
+    DATABASE_URL=f"{PG_SERVER}/{BENCH_DATABASE}",
+    REDIS_URL="redis://127.0.0.1:6379/3",
+    COMFYSITE_VAR_DIR=str(VAR_DIR),
+    QUOTA_MAX_QUEUED="100000",
+    QUOTA_MAX_RUNNING="100000",
+    QUOTA_MAX_IMAGES_PER_DAY="1000000",
+)
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+
+with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as admin:
+    admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
+    admin.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+
+import django  # noqa: E402
+
+django.setup()
+
+import httpx  # noqa: E402
+import websockets  # noqa: E402
+from asgiref.sync import sync_to_async  # noqa: E402
+from channels.layers import get_channel_layer  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import transaction  # noqa: E402
+from django.db.models import Max  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from generator.live import BRIDGE_GROUP  # noqa: E402
+from generator.models import Backend, Prompt  # noqa: E402
+
+STEPS, STEP_SECONDS = 8, 0.05
+JOBS_PER_BACKEND = 24
+THROUGHPUT_USERS = 8
+BACKEND_COUNTS = (1, 2, 4)
+CROWD = 200
+CROWD_BACKENDS = 2
+STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
+CARD_RE = re.compile(r'id="prompt-(\d+)" data-status="(\w+)"')
+SMALL_JOB = {
+    "workflow": "txt2img",
+    "size": "custom",
+    "width": "64",
+    "height": "64",
+    "steps": str(STEPS),
+    "cfg": "7",
+    "sampler": "euler",
+    "scheduler": "normal",
+    "batch_size": "1",
+    "checkpoint": "v1-5-pruned-emaonly.safetensors",
+}
+CHILDREN: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def spawn(args: list[str], *, log: str | None = None, **kwargs) -> subprocess.Popen:
+    """A child process, remembered so that it is stopped however the bench ends."""
+    stderr = (VAR_DIR / log).open("a") if log else None
+    try:
+        process = subprocess.Popen(args, cwd=ROOT, stderr=stderr, **kwargs)
+    finally:
+        if stderr:
+            stderr.close()
+    CHILDREN.append(process)
+    return process
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def stop_all_children() -> None:
+    for process in CHILDREN:
+        if process.poll() is None:
+            process.terminate()
+    for process in CHILDREN:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class EmulatorProcess:
+    """bench/timed_emulator.py: one ComfyUI backend in a process of its own."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out = VAR_DIR / f"emulator-{self.port}.json"
+        self.process = spawn(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "timed_emulator.py"),
+                str(self.port),
+                str(STEP_SECONDS),
+                str(self.out),
+            ],
+            log="emulators.log",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready", "the emulator did not start"
+
+    def stop(self) -> dict:
+        stop(self.process)
+        return json.loads(self.out.read_text())
+
+
+def multi_backend_bridge() -> bool:
+    """Whether this checkout's bridge drives several backends (COMFYUI_URLS) in one process."""
+    return hasattr(settings, "COMFYUI_URLS")
+
+
+class BridgeProcess:
+    """`manage.py comfy_bridge` for the given backends."""
+
+    def __init__(self, urls: list[str], log: str) -> None:
+        self.urls = urls
+        self.log = VAR_DIR / log
+        backend_env = {"COMFYUI_URLS": ",".join(urls)} if multi_backend_bridge() else {"COMFYUI_URL": urls[0]}
+        self.process = spawn(
+            [sys.executable, str(ROOT / "manage.py"), "comfy_bridge"],
+            log=log,
+            env={**os.environ, **backend_env},
+            stdout=subprocess.DEVNULL,
+        )
+
+    async def online(self, within: float = 60) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the bridge exited: {self.log.read_text()[-2000:]}")
+            if await Backend.objects.filter(url__in=self.urls, online=True).acount() == len(self.urls):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the bridge did not reach its backends: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        stop(self.process, signal.SIGINT)
+
+
+class WebProcess:
+    """One web process: uvicorn serving comfysite.asgi (HTTP and the websockets)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = spawn(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "comfysite.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--lifespan",
+                "off",
+                "--log-level",
+                "warning",
+            ],
+            log="web.log",
+            stdout=subprocess.DEVNULL,
+        )
+
+    async def started(self) -> None:
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.get(self.url + "/accounts/login/")
+                    return
+                await asyncio.sleep(0.1)
+        raise AssertionError("the web process did not start")
+
+    def stop(self) -> None:
+        stop(self.process, signal.SIGINT)
+
+
+# -- users and jobs -------------------------------------------------------------------------------
+
+
+def make_users(prefix: str, count: int) -> list:
+    model = get_user_model()
+    users = [model(username=f"{prefix}{n}") for n in range(count)]
+    for user in users:
+        user.set_unusable_password()
+    return model.objects.bulk_create(users)
+
+
+def logged_in_client(user) -> Client:
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(user)
+    return client
+
+
+def session_cookie(user) -> str:
+    return logged_in_client(user).cookies["sessionid"].value
+
+
+def post_jobs(clients: list[Client], per_client: int, label: str) -> tuple[list[int], float]:
+    """Post the form `per_client` times for each user, round robin, all in one transaction;
+    return the new jobs and when they became visible (the commit, wall clock)."""
+    pks = []
+    with transaction.atomic():
+        for n in range(per_client):
+            for client in clients:
+                response = client.post(
+                    "/generate/", {**SMALL_JOB, "prompt": f"{label} {n} {len(pks)}"}, HTTP_HX_REQUEST="true"
+                )
+                card = CARD_RE.search(response.content.decode())
+                assert card, response.content.decode()[:1000]
+                pks.append(int(card.group(1)))
+    return pks, time.time()
+
+
+async def wake_bridge() -> None:
+    await get_channel_layer().group_send(BRIDGE_GROUP, {"type": "wake"})
+
+
+async def wait_final(pks: list[int], within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        left = await Prompt.objects.filter(pk__in=pks).exclude(status__in=Prompt.FINAL_STATUSES).acount()
+        if not left:
+            return
+        await asyncio.sleep(0.02)
+    statuses = Counter([s async for s in Prompt.objects.filter(pk__in=pks).values_list("status", flat=True)])
+    raise AssertionError(f"jobs not finished after {within:.0f} s: {dict(statuses)}")
+
+
+async def outcome(pks: list[int]) -> tuple[Counter, Counter]:
+    rows = [row async for row in Prompt.objects.filter(pk__in=pks).values_list("status", "backend")]
+    return Counter(status for status, _ in rows), Counter(backend for _, backend in rows)
+
+
+# -- 1. throughput --------------------------------------------------------------------------------
+
+
+async def throughput_round(count: int, clients: list[Client]) -> dict:
+    await Backend.objects.all().adelete()
+    emulators = [EmulatorProcess() for _ in range(count)]
+    bridge = BridgeProcess([e.url for e in emulators], log=f"bridge-{count}.log")
+    try:
+        await bridge.online()
+        warm, _ = await sync_to_async(post_jobs)(clients[:count], 1, f"warm-up {count}")
+        await wake_bridge()
+        await wait_final(warm, 60)
+        per_client = JOBS_PER_BACKEND * count // len(clients)
+        pks, queued_at = await sync_to_async(post_jobs)(clients, per_client, f"throughput {count}")
+        queued_perf = time.perf_counter()
+        await wake_bridge()
+        await wait_final(pks, 120 + 3 * len(pks))
+    finally:
+        bridge.stop()
+        timelines = [e.stop() for e in emulators]
+    last = await Prompt.objects.filter(pk__in=pks).aaggregate(last=Max("finished_at"))
+    elapsed = last["last"].timestamp() - queued_at
+    statuses, by_backend = await outcome(pks)
+    runs = [(s, e) for t in timelines for s, e in t["runs"] if s >= queued_perf]
+    busy = sum(e - s for s, e in runs) / (elapsed * count)
+    return {
+        "backends": count,
+        "jobs": len(pks),
+        "elapsed": elapsed,
+        "rate": len(pks) / elapsed,
+        "statuses": statuses,
+        "per_backend": sorted(by_backend.values(), reverse=True),
+        "job_seconds": statistics.median(e - s for s, e in runs),
+        "busy": busy,
+    }
+
+
+async def throughput() -> None:
+    users = await sync_to_async(make_users)("throughput", THROUGHPUT_USERS)
+    clients = [await sync_to_async(logged_in_client)(user) for user in users]
+    counts = BACKEND_COUNTS if multi_backend_bridge() else (1,)
+    if counts != BACKEND_COUNTS:
+        print("this checkout's bridge reads COMFYUI_URL only: measuring 1 backend, not 2 and 4")
+    results = []
+    for count in counts:
+        result = await throughput_round(count, clients)
+        results.append(result)
+        single = results[0]["rate"]
+        ok = result["statuses"] == Counter({Prompt.Status.SUCCEEDED.value: result["jobs"]})
+        print(
+            f"throughput, {count} backend{'s' if count > 1 else ''}: {result['jobs']} jobs in "
+            f"{result['elapsed']:.2f} s = {result['rate']:.2f} jobs/s; "
+            f"ratio to {count} × one backend {result['rate'] / (count * single):.3f} (target ≥ 0.95); "
+            f"backends busy {100 * result['busy']:.1f}%, median job {1000 * result['job_seconds']:.0f} ms "
+            f"on the backend; jobs per backend {'/'.join(map(str, result['per_backend']))}; "
+            f"{'all succeeded' if ok else 'NOT ALL SUCCEEDED: ' + str(dict(result['statuses']))}"
+        )
+
+
+# -- 2. relay latency through Redis ---------------------------------------------------------------
+
+
+class Tab:
+    """A logged-in browser tab: its session, its websocket, what it received and when."""
+
+    def __init__(self, site: str, session: str) -> None:
+        self.site = site
+        self.session = session
+        self.received: list[tuple[float, str]] = []
+
+    async def open(self) -> None:
+        self.http = httpx.AsyncClient(base_url=self.site, cookies={"sessionid": self.session}, timeout=60)
+        response = await self.http.get("/")  # sets the CSRF cookie
+        assert response.status_code == 200, response.status_code
+        header = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+        self.socket = await websockets.connect(
+            self.site.replace("http", "ws") + "/ws/jobs/",
+            additional_headers={"Cookie": header, "Origin": self.site},
+            open_timeout=60,
+            ping_interval=None,
+            max_size=None,
+        )
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in self.socket:
+                self.received.append((time.perf_counter(), message))
+
+    async def generate(self, prompt: str) -> int:
+        response = await self.http.post(
+            "/generate/",
+            data={**SMALL_JOB, "prompt": prompt},
+            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "HX-Request": "true"},
+        )
+        card = CARD_RE.search(response.text)
+        assert card, response.text[:1000]
+        return int(card.group(1))
+
+    async def close(self) -> None:
+        await self.socket.close()
+        self.reader.cancel()
+        await self.http.aclose()
+
+
+async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[float]:
+    """Per progress fragment a tab received: received at − the emulator sent that step at."""
+    sent = {(prompt_id, step): at for prompt_id, step, at in progress}
+    comfy_ids = {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
+    latencies = []
+    for tab in tabs:
+        for at, html in tab.received:
+            if not html.startswith('<div class="job-progress"'):
+                continue  # whole cards come from the database side, after the step itself
+            for match in STEP_RE.finditer(html):
+                key = (comfy_ids.get(int(match.group(1)), ""), int(match.group(2)))
+                if key in sent:
+                    latencies.append((at - sent[key]) * 1000)
+    return latencies
+
+
+async def bounded(limit: int, work: list) -> list:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coroutine):
+        async with gate:
+            return await coroutine
+
+    return await asyncio.gather(*(one(c) for c in work))
+
+
+async def crowd_latency() -> None:
+    await Backend.objects.all().adelete()
+    count = CROWD_BACKENDS if multi_backend_bridge() else 1
+    emulators = [EmulatorProcess() for _ in range(count)]
+    bridge = BridgeProcess([e.url for e in emulators], log="bridge-crowd.log")
+    web = WebProcess()
+    tabs: list[Tab] = []
+    try:
+        await bridge.online()
+        await web.started()
+        users = await sync_to_async(make_users)("crowd", CROWD)
+        sessions = [await sync_to_async(session_cookie)(user) for user in users]
+        tabs = [Tab(web.url, session) for session in sessions]
+        await bounded(20, [tab.open() for tab in tabs])
+        started = time.perf_counter()
+        pks = await bounded(20, [tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)])
+        posted = time.perf_counter() - started
+        await wait_final(pks, 240)
+        ran = time.perf_counter() - started
+        await asyncio.sleep(0.5)  # the last fragments on their way
+    finally:
+        for tab in tabs:
+            with contextlib.suppress(Exception):
+                await tab.close()
+        web.stop()
+        bridge.stop()
+        timelines = [e.stop() for e in emulators]
+    statuses, by_backend = await outcome(pks)
+    progress = [row for t in timelines for row in t["progress"]]
+    latencies = await relay_latencies(tabs, pks, progress)
+    ok = statuses == Counter({Prompt.Status.SUCCEEDED.value: len(pks)})
+    print(
+        f"relay latency through Redis, {CROWD} websocket clients, {len(pks)} jobs on {count} "
+        f"backend{'s' if count > 1 else ''} ({posted:.1f} s to post them, {ran:.1f} s to run them; "
+        f"jobs per backend {'/'.join(str(n) for n in sorted(by_backend.values(), reverse=True))}): "
+        f"p50 {statistics.median(latencies):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms, "
+        f"max {max(latencies):.2f} ms ({len(latencies)} progress fragments, of {len(progress)} "
+        f"progress messages sent); "
+        f"{'all succeeded' if ok else 'NOT ALL SUCCEEDED: ' + str(dict(statuses))}"
+    )
+
+
+def report_logs() -> None:
+    """What the child processes said on stderr (LOG_LEVEL=WARNING: warnings and errors only)."""
+    for log in sorted(VAR_DIR.glob("*.log")):
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        if not lines:
+            continue
+        print(f"{log.name}: {len(lines)} line(s) on stderr, for instance:")
+        for line in list(dict.fromkeys(lines))[:8]:
+            print(f"    {line[:200]}")
+
+
+async def main() -> None:
+    began = time.monotonic()
+    await sync_to_async(call_command)("migrate", verbosity=0)
+    print(
+        f"database {settings.DATABASES['default']['ENGINE']} ({BENCH_DATABASE}), channel layer "
+        f"{settings.CHANNEL_LAYERS['default']['BACKEND']}, {os.cpu_count()} CPUs, "
+        f"{STEPS} steps at {STEP_SECONDS} s, 64 × 64, previews on; logs in {VAR_DIR}"
+    )
+    try:
+        await throughput()
+        await crowd_latency()
+    finally:
+        stop_all_children()
+        report_logs()
+    print(f"bench took {datetime.timedelta(seconds=round(time.monotonic() - began))}")
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    finally:
+        stop_all_children()
