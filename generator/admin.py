@@ -185,8 +185,28 @@ class GeneratedImageAdmin(admin.ModelAdmin):
 
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin):
-    list_display = ("url", "label", "online", "is_demo", "queue_remaining", "status_message", "checked_at")
-    readonly_fields = ("node_classes", "object_info", "checked_at")
+    list_display = (
+        "url",
+        "label",
+        "weight",
+        "online",
+        "is_demo",
+        "lease_owner",
+        "status_message",
+        "checked_at",
+    )
+    list_filter = ("online", "is_demo")
+    readonly_fields = (
+        "online",
+        "status_message",
+        "offline_since",
+        "lease_owner",
+        "lease_expires_at",
+        "system_stats",
+        "node_classes",
+        "object_info",
+        "checked_at",
+    )
 
 
 @admin.register(Quota)

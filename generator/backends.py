@@ -165,3 +165,46 @@ def has_least_work(url: str, *, depth: int, fresh_seconds: float) -> bool:
     weight = Backend.objects.filter(url=url).values_list("weight", flat=True).first() or 1
     mine = load[url] / weight
     return not any(load[b.url] < depth and load[b.url] / max(1, b.weight) < mine for b in healthy)
+
+
+# -- health, for staff ---------------------------------------------------------------------------
+
+HEARTBEAT_STALE_SECONDS = 30  # bridges report every few seconds while connected
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    state: str  # "healthy", "unreachable", "silent" or "undriven"
+    summary: str
+    driven_by: str
+    device: str
+
+
+def backend_health(backend: Backend) -> BackendHealth:
+    """How a backend is doing, in words, from what its bridge last wrote."""
+    now = timezone.now()
+    driven_by = backend.lease_owner if backend.lease_expires_at and backend.lease_expires_at > now else ""
+    if not driven_by:
+        state, summary = "undriven", "No bridge process is driving it."
+    elif not backend.online:
+        since = f" since {backend.offline_since:%H:%M:%S}" if backend.offline_since else ""
+        state, summary = "unreachable", f"Unreachable{since}: {backend.status_message or 'no answer'}"
+    elif backend.checked_at and (now - backend.checked_at).total_seconds() > HEARTBEAT_STALE_SECONDS:
+        state, summary = "silent", f"No health report since {backend.checked_at:%H:%M:%S}."
+    else:
+        state, summary = "healthy", "Healthy."
+    return BackendHealth(state, summary, driven_by, describe_device(backend.system_stats))
+
+
+def describe_device(system_stats: dict[str, Any]) -> str:
+    """ "NVIDIA GeForce RTX 4090 · 20.1 of 24.0 GiB free" from ComfyUI's /system_stats."""
+    devices = system_stats.get("devices") or []
+    if not devices:
+        return ""
+    device = devices[0]
+    gib = 1024**3
+    try:
+        memory = f" · {device['vram_free'] / gib:.1f} of {device['vram_total'] / gib:.1f} GiB free"
+    except (KeyError, TypeError):
+        memory = ""
+    return f"{device.get('name', 'unknown device')}{memory}"

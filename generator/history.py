@@ -24,8 +24,9 @@ from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
+from .backends import backend_health
 from .downloads import download_bytes, download_name
-from .models import GeneratedImage, Prompt
+from .models import Backend, GeneratedImage, Prompt
 from .stats import forget_user_totals, user_totals
 from .workflows import all_workflows
 
@@ -261,8 +262,9 @@ def staff_overview(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:
         raise Http404
     by_status = dict(Prompt.objects.values_list("status").annotate(n=Count("pk")).order_by())
-    by_backend = list(
-        Prompt.objects.exclude(backend="")
+    jobs_by_backend = {
+        row["backend"]: row
+        for row in Prompt.objects.exclude(backend="")
         .values("backend")
         .annotate(
             total=Count("pk"),
@@ -270,11 +272,15 @@ def staff_overview(request: HttpRequest) -> HttpResponse:
             waiting=Count("pk", filter=Q(status=S.SUBMITTED)),
             failed=Count("pk", filter=Q(status=S.FAILED)),
         )
-        .order_by("backend")
-    )
+        .order_by()
+    }
+    backends = [
+        {"backend": backend, "health": backend_health(backend), "jobs": jobs_by_backend.get(backend.url, {})}
+        for backend in Backend.objects.all()
+    ]
     context = {
         "by_status": [(label, by_status.get(value, 0)) for value, label in S.choices],
-        "by_backend": by_backend,
+        "backends": backends,
         "pending_review": GeneratedImage.objects.filter(review_status=GeneratedImage.Review.PENDING).count(),
     }
     return render(request, "generator/staff_overview.html", context)

@@ -375,3 +375,37 @@ def test_sendfile_does_not_bypass_the_check(client, other_user, image, settings)
 
     assert response.status_code == 404
     assert "X-Accel-Redirect" not in response
+
+
+def test_staff_see_each_backends_health_device_and_work(client, staff_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generator.models import Backend
+
+    now = timezone.now()
+    lease = {"lease_owner": "gpu-host:4242:abc", "lease_expires_at": now + timedelta(seconds=10)}
+    stats = {"devices": [{"name": "NVIDIA RTX 4090", "vram_total": 24 * 1024**3, "vram_free": 20 * 1024**3}]}
+    Backend.objects.create(
+        url="http://gpu-a:8188", label="GPU A", online=True, checked_at=now, system_stats=stats, **lease
+    )
+    Backend.objects.create(
+        url="http://gpu-b:8188", online=False, status_message="connection refused", offline_since=now, **lease
+    )
+    Backend.objects.create(url="http://gpu-c:8188", online=True, checked_at=now)  # no bridge holds it
+    running = PromptFactory()
+    running.transition_to(Prompt.Status.SUBMITTED, backend="http://gpu-a:8188")
+    running.transition_to(Prompt.Status.RUNNING)
+    client.force_login(staff_user)
+
+    page = client.get(reverse("staff-overview")).content.decode()
+
+    assert "GPU A" in page
+    assert "NVIDIA RTX 4090 · 20.0 of 24.0 GiB free" in page
+    assert "Unreachable since" in page
+    assert "connection refused" in page
+    assert "No bridge process is driving it." in page
+    assert page.count("gpu-host:4242:abc") == 2
+    row_a = page[page.index("GPU A") : page.index("http://gpu-b:8188")]
+    assert "<td>1</td>" in row_a  # its running job

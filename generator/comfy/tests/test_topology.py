@@ -261,3 +261,19 @@ async def test_progress_from_a_bridge_process_reaches_the_owners_tab_here_and_no
     assert await tabs[stranger].receive_nothing(timeout=0.5)
     for tab in tabs.values():
         await tab.disconnect()
+
+
+async def test_a_bridge_stopped_by_sigterm_hands_its_backends_back_at_once(processes):
+    backend = processes.emulator()
+    bridge = processes.bridge([backend])
+    held = Backend.objects.filter(url=backend, lease_owner__contains=f":{bridge.pid}:")
+    deadline = time.monotonic() + 20
+    while not await held.aexists():
+        assert time.monotonic() < deadline, processes.logs()
+        await asyncio.sleep(0.1)
+
+    bridge.send_signal(signal.SIGTERM)  # what systemd and Docker send
+    await sync_to_async(bridge.wait)(timeout=15)
+
+    assert bridge.returncode == 0
+    assert await Backend.objects.filter(url=backend, lease_owner="").aexists()  # no lease to wait out

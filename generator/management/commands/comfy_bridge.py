@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 from django.conf import settings
@@ -46,5 +47,16 @@ class Command(BaseCommand):
             settings=BridgeSettings(dead_seconds=settings.BACKEND_DEAD_SECONDS),
         )
         self.stdout.write(f"Bridge {pool.owner} for {', '.join(b.url for b in backends)} (Ctrl-C to stop)")
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(pool.run())
+        asyncio.run(run_until_stopped(pool))
+
+
+async def run_until_stopped(pool: BridgePool) -> None:
+    """Run the pool until SIGINT or SIGTERM (what systemd and Docker send), then stop cleanly:
+    leases are handed back at once, so another bridge process takes the backends over without
+    waiting for them to run out."""
+    running = asyncio.create_task(pool.run())
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(stop_signal, running.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
