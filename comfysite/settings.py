@@ -99,7 +99,9 @@ WSGI_APPLICATION = "comfysite.wsgi.application"
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        # Django advises against persistent connections under ASGI (each request may run on
+        # another thread); the bridges keep theirs open on a thread of their own.
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
         conn_health_checks=True,
     )
 }
