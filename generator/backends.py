@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from django.db.models import Q
+from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from .models import Backend, Prompt
@@ -109,16 +110,20 @@ def parse_backend_urls(entries: list[str]) -> list[BackendConfig]:
 # -- which bridge process drives which backend --------------------------------------------------
 
 
+def _lease_end(seconds: float) -> ExpressionWrapper:
+    # The database's clock, not this machine's: bridges on several machines compare these times.
+    return ExpressionWrapper(Now() + datetime.timedelta(seconds=seconds), output_field=DateTimeField())
+
+
 def take_lease(config: BackendConfig, owner: str, seconds: float, *, is_demo: bool = False) -> bool:
     """Make `owner` the one bridge process driving this backend, if nobody else holds it now."""
-    now = timezone.now()
     Backend.objects.get_or_create(url=config.url)
     taken = (
         Backend.objects.filter(url=config.url)
-        .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=now))
+        .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=Now()))
         .update(
             lease_owner=owner,
-            lease_expires_at=now + datetime.timedelta(seconds=seconds),
+            lease_expires_at=_lease_end(seconds),
             label=config.label,
             weight=config.weight,
             is_demo=is_demo,
@@ -129,11 +134,9 @@ def take_lease(config: BackendConfig, owner: str, seconds: float, *, is_demo: bo
 
 def renew_leases(urls: list[str], owner: str, seconds: float) -> set[str]:
     """Extend `owner`'s leases on `urls`; the URLs it still holds."""
-    held = Backend.objects.filter(url__in=urls, lease_owner=owner, lease_expires_at__gte=timezone.now())
+    held = Backend.objects.filter(url__in=urls, lease_owner=owner, lease_expires_at__gte=Now())
     kept = set(held.values_list("url", flat=True))
-    Backend.objects.filter(url__in=kept, lease_owner=owner).update(
-        lease_expires_at=timezone.now() + datetime.timedelta(seconds=seconds)
-    )
+    Backend.objects.filter(url__in=kept, lease_owner=owner).update(lease_expires_at=_lease_end(seconds))
     return kept
 
 
