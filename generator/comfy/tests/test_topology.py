@@ -119,7 +119,8 @@ async def processes(tmp_path, settings):
     require_service("Redis", REDIS_URL)
     if connection.vendor != "postgresql":
         pytest.skip(
-            "The bridges run in other processes and must share the test database: run with DATABASE_URL"
+            "Bridge processes must share the test database, which needs PostgreSQL: set DATABASE_URL "
+            "(CI runs these in its PostgreSQL pass)."
         )
     redis.Redis.from_url(REDIS_URL).flushdb()
     settings.CHANNEL_LAYERS = {
