@@ -1,0 +1,32 @@
+"""Django's HTTP handling on a few shared threads instead of one new thread per request.
+
+Django's ASGI handler runs each request's synchronous code (middleware, views, the ORM) on a
+thread of its own. Fifty requests at once are fifty threads taking turns at the GIL, and the
+event loop, which relays every progress fragment to the browsers (and in `manage.py serve`
+drives the bridge), waits its turn behind all of them: a burst of form posts held progress back
+for over half a second. Here requests share WEB_THREADS threads, handed out in turn; a process
+serves more at once by running more processes (`uvicorn --workers N`), not more threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import ThreadSensitiveContext
+from django.core.handlers.asgi import ASGIHandler
+
+
+class SharedThreadsASGIHandler(ASGIHandler):
+    def __init__(self, threads: int) -> None:
+        super().__init__()
+        # One call at a time per thread, as a thread-sensitive context requires.
+        executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}") for n in range(threads)]
+        self._executors = itertools.cycle(executors)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        async with ThreadSensitiveContext(executor=next(self._executors)):
+            await self.handle(scope, receive, send)
