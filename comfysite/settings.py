@@ -94,6 +94,8 @@ TEMPLATES = [
 ]
 
 ASGI_APPLICATION = "comfysite.asgi.application"
+# Sessions are read on every request: from the cache (Redis in production), the database behind it.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 # Threads per web process for Django's synchronous request handling (see generator.web_threads).
 WEB_THREADS = int(os.environ.get("WEB_THREADS", "2"))
 WSGI_APPLICATION = "comfysite.wsgi.application"

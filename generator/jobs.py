@@ -195,7 +195,7 @@ def _thumbnail(data: bytes) -> tuple[bytes | None, int | None, int | None]:
             frame = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
             frame.thumbnail(THUMBNAIL_SIZE)
             out = io.BytesIO()
-            frame.save(out, "WEBP", quality=80, method=4)
+            frame.save(out, "WEBP", quality=80, method=2)  # method 4: 50% slower, 3% smaller
             return out.getvalue(), width, height
     except (UnidentifiedImageError, OSError, ValueError):
         return None, None, None

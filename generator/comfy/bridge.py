@@ -360,12 +360,8 @@ class Bridge:
     async def _fill_backend_queue(self) -> None:
         submitted_any = False
         while self.connected.is_set() and len(self.active) < self.settings.depth:
-            if not await db(backends.has_least_work)(
-                self.url, depth=self.settings.depth, fresh_seconds=3 * self.settings.health_seconds
-            ):
-                break  # another backend with room has less to do: it takes this job
             async with self.submitting:
-                claimed = await db(jobs.claim_next_job)(self.url, on_demo_backend=self.is_demo)
+                claimed = await db(self._claim_next_job)()
                 if claimed is None:
                     break
                 submitted = await self._submit(claimed)
@@ -374,6 +370,12 @@ class Bridge:
             submitted_any = True
         if submitted_any:
             self.positions_moved.set()
+
+    def _claim_next_job(self) -> jobs.Submission | None:
+        fresh_seconds = 3 * self.settings.health_seconds
+        if not backends.has_least_work(self.url, depth=self.settings.depth, fresh_seconds=fresh_seconds):
+            return None  # another backend with room has less to do: it takes the next job
+        return jobs.claim_next_job(self.url, on_demo_backend=self.is_demo)
 
     async def _submit(self, submission: jobs.Submission) -> bool:
         job, graph = submission.job, submission.graph
