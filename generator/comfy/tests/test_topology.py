@@ -27,6 +27,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import connection, connections
 
+from comfysite.settings import redis_channel_layers
 from conftest import require_service
 from generator.consumers import JobsConsumer
 from generator.live import BRIDGE_GROUP
@@ -123,9 +124,7 @@ async def processes(tmp_path, settings):
             "(CI runs these in its PostgreSQL pass)."
         )
     redis.Redis.from_url(REDIS_URL).flushdb()
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
-    }
+    settings.CHANNEL_LAYERS = redis_channel_layers(REDIS_URL)
     running = Processes(tmp_path)
     yield running
     await sync_to_async(running.stop_all)()
