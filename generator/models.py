@@ -51,7 +51,7 @@ class Backend(models.Model):
     checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["url"]
+        ordering = ["label", "url"]
 
     def __str__(self) -> str:
         return self.label or self.url

@@ -627,12 +627,13 @@ class Bridge:
             await asyncio.sleep(self.settings.positions_interval)
 
     async def _refresh_backend_info(self) -> None:
+        info = stats = None
         try:
             info = await self.client.object_info()
+            stats = await self.client.system_stats()
         except ComfyError as error:
-            logger.warning("Bridge %s: /object_info failed: %s", self.url, error)
-            info = None
-        await db(self._save_backend)(online=True, status_message="", object_info=info)
+            logger.warning("Bridge %s: /object_info or /system_stats failed: %s", self.url, error)
+        await db(self._save_backend)(online=True, status_message="", object_info=info, system_stats=stats)
 
     def _save_backend(
         self,
