@@ -17,12 +17,15 @@ migrated) and uses Redis database 3 (flushed at the start).
 2. Relay latency through Redis with 200 websocket clients: one web process (uvicorn), one bridge
    process (two backends), 200 users each logged in with a websocket open on /ws/jobs/ and one
    job posted through /generate/. Latency: the emulator sends a `progress` message → the owner's
-   websocket receives the fragment showing that step. p50/p99 and the number of fragments.
+   websocket receives the fragment showing that step. p50/p99 and the number of fragments, the
+   same by thirds of the run, whether every tab got its job's final card, what the tabs received
+   by kind, and how many messages channels_redis dropped because a channel was full.
 
     .venv/bin/python bench/topology.py
 
 Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and Redis at 127.0.0.1:6379. The
-database is left behind for inspection; every child process is stopped on the way out.
+database and the child processes' logs (a temporary folder, printed) are left behind for
+inspection; every child process is stopped on the way out. Takes about three minutes.
 """
 
 from __future__ import annotations
@@ -122,6 +125,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """CPU time (user + system) a running child has used so far, from /proc."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def spawn(args: list[str], *, log: str | None = None, **kwargs) -> subprocess.Popen:
     """A child process, remembered so that it is stopped however the bench ends."""
     stderr = (VAR_DIR / log).open("a") if log else None
@@ -198,22 +207,26 @@ class BridgeProcess:
         self.process = spawn(
             [sys.executable, str(ROOT / "manage.py"), "comfy_bridge"],
             log=log,
-            env={**os.environ, **backend_env},
+            # INFO: channels_redis says so when a group_send finds a channel full and drops the message.
+            env={**os.environ, **backend_env, "LOG_LEVEL": "INFO"},
             stdout=subprocess.DEVNULL,
         )
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"the bridge exited: {self.log.read_text()[-3000:]}")
 
     async def online(self, within: float = 60) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the bridge exited: {self.log.read_text()[-2000:]}")
+            self.check_alive()
             if await Backend.objects.filter(url__in=self.urls, online=True).acount() == len(self.urls):
                 return
             await asyncio.sleep(0.1)
         raise AssertionError(f"the bridge did not reach its backends: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        stop(self.process, signal.SIGINT)
+        stop(self.process)
 
 
 class WebProcess:
@@ -241,10 +254,15 @@ class WebProcess:
             stdout=subprocess.DEVNULL,
         )
 
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"the web process exited: {(VAR_DIR / 'web.log').read_text()[-3000:]}")
+
     async def started(self) -> None:
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient() as http:
             while time.monotonic() < deadline:
+                self.check_alive()
                 with contextlib.suppress(httpx.HTTPError):
                     await http.get(self.url + "/accounts/login/")
                     return
@@ -296,9 +314,11 @@ async def wake_bridge() -> None:
     await get_channel_layer().group_send(BRIDGE_GROUP, {"type": "wake"})
 
 
-async def wait_final(pks: list[int], within: float) -> None:
+async def wait_final(pks: list[int], within: float, *, watch: list[BridgeProcess | WebProcess]) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
+        for child in watch:
+            child.check_alive()
         left = await Prompt.objects.filter(pk__in=pks).exclude(status__in=Prompt.FINAL_STATUSES).acount()
         if not left:
             return
@@ -323,12 +343,13 @@ async def throughput_round(count: int, clients: list[Client]) -> dict:
         await bridge.online()
         warm, _ = await sync_to_async(post_jobs)(clients[:count], 1, f"warm-up {count}")
         await wake_bridge()
-        await wait_final(warm, 60)
+        await wait_final(warm, 60, watch=[bridge])
         per_client = JOBS_PER_BACKEND * count // len(clients)
         pks, queued_at = await sync_to_async(post_jobs)(clients, per_client, f"throughput {count}")
-        queued_perf = time.perf_counter()
+        queued_perf, cpu_before = time.perf_counter(), cpu_seconds(bridge.process)
         await wake_bridge()
-        await wait_final(pks, 120 + 3 * len(pks))
+        await wait_final(pks, 120 + 3 * len(pks), watch=[bridge])
+        bridge_cpu = (cpu_seconds(bridge.process) - cpu_before) / (time.perf_counter() - queued_perf)
     finally:
         bridge.stop()
         timelines = [e.stop() for e in emulators]
@@ -346,6 +367,7 @@ async def throughput_round(count: int, clients: list[Client]) -> dict:
         "per_backend": sorted(by_backend.values(), reverse=True),
         "job_seconds": statistics.median(e - s for s, e in runs),
         "busy": busy,
+        "bridge_cpu": bridge_cpu,
     }
 
 
@@ -366,7 +388,8 @@ async def throughput() -> None:
             f"{result['elapsed']:.2f} s = {result['rate']:.2f} jobs/s; "
             f"ratio to {count} × one backend {result['rate'] / (count * single):.3f} (target ≥ 0.95); "
             f"backends busy {100 * result['busy']:.1f}%, median job {1000 * result['job_seconds']:.0f} ms "
-            f"on the backend; jobs per backend {'/'.join(map(str, result['per_backend']))}; "
+            f"on the backend, bridge CPU {100 * result['bridge_cpu']:.0f}%; "
+            f"jobs per backend {'/'.join(map(str, result['per_backend']))}; "
             f"{'all succeeded' if ok else 'NOT ALL SUCCEEDED: ' + str(dict(result['statuses']))}"
         )
 
@@ -381,6 +404,7 @@ class Tab:
         self.site = site
         self.session = session
         self.received: list[tuple[float, str]] = []
+        self.final_card_at: dict[int, float] = {}
 
     async def open(self) -> None:
         self.http = httpx.AsyncClient(base_url=self.site, cookies={"sessionid": self.session}, timeout=60)
@@ -399,7 +423,11 @@ class Tab:
     async def _read(self) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for message in self.socket:
-                self.received.append((time.perf_counter(), message))
+                at = time.perf_counter()
+                self.received.append((at, message))
+                card = CARD_RE.match(message, message.find("id=")) if message.startswith("<article") else None
+                if card and card.group(2) in Prompt.FINAL_STATUSES:
+                    self.final_card_at.setdefault(int(card.group(1)), at)
 
     async def generate(self, prompt: str) -> int:
         response = await self.http.post(
@@ -417,8 +445,9 @@ class Tab:
         await self.http.aclose()
 
 
-async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[float]:
-    """Per progress fragment a tab received: received at − the emulator sent that step at."""
+async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[tuple[float, float]]:
+    """Per progress fragment a tab received: (when the emulator sent that step, received at − sent at
+    in ms)."""
     sent = {(prompt_id, step): at for prompt_id, step, at in progress}
     comfy_ids = {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
     latencies = []
@@ -429,8 +458,34 @@ async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> l
             for match in STEP_RE.finditer(html):
                 key = (comfy_ids.get(int(match.group(1)), ""), int(match.group(2)))
                 if key in sent:
-                    latencies.append((at - sent[key]) * 1000)
+                    latencies.append((sent[key], (at - sent[key]) * 1000))
     return latencies
+
+
+def fragment_kinds(tabs: list[Tab]) -> tuple[Counter, int]:
+    """What the tabs received, by kind; and how many queue places repeated the tab's previous one."""
+    kinds: Counter[str] = Counter()
+    repeats = 0
+    for tab in tabs:
+        last_place = ""
+        for _, html in tab.received:
+            if html.startswith("<article"):
+                kinds["cards"] += 1
+            elif html.startswith('<div class="job-preview"'):
+                kinds["previews"] += 1
+            elif "in the queue" in html:
+                kinds["queue places"] += 1
+                repeats += html == last_place
+                last_place = html
+            elif STEP_RE.search(html):
+                kinds["step progress"] += 1
+            else:
+                kinds["other status lines"] += 1
+    return kinds, repeats
+
+
+def p50_p99(latencies: list[float]) -> str:
+    return f"p50 {statistics.median(latencies):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms"
 
 
 async def bounded(limit: int, work: list) -> list:
@@ -441,6 +496,19 @@ async def bounded(limit: int, work: list) -> list:
             return await coroutine
 
     return await asyncio.gather(*(one(c) for c in work))
+
+
+async def final_cards(tabs: list[Tab], pks: list[int], *, quiet: float, within: float) -> int:
+    """Wait until each tab has its job's final card, or no tab has received anything for `quiet`
+    seconds, or `within` seconds passed; how many tabs lack their final card."""
+    deadline = time.perf_counter() + within
+    while True:
+        missing = sum(pk not in tab.final_card_at for tab, pk in zip(tabs, pks, strict=True))
+        last = max((tab.received[-1][0] for tab in tabs if tab.received), default=0.0)
+        now = time.perf_counter()
+        if not missing or now - last > quiet or now > deadline:
+            return missing
+        await asyncio.sleep(0.05)
 
 
 async def crowd_latency() -> None:
@@ -457,12 +525,23 @@ async def crowd_latency() -> None:
         sessions = [await sync_to_async(session_cookie)(user) for user in users]
         tabs = [Tab(web.url, session) for session in sessions]
         await bounded(20, [tab.open() for tab in tabs])
+        cpu_before = [cpu_seconds(bridge.process), cpu_seconds(web.process), time.process_time()]
         started = time.perf_counter()
         pks = await bounded(20, [tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)])
         posted = time.perf_counter() - started
-        await wait_final(pks, 240)
-        ran = time.perf_counter() - started
-        await asyncio.sleep(0.5)  # the last fragments on their way
+        await wait_final(pks, 240, watch=[bridge, web])
+        final_at = time.perf_counter()
+        ran = final_at - started
+        cpu = [  # from the first post until every job was final
+            100 * (used - before) / ran
+            for used, before in zip(
+                [cpu_seconds(bridge.process), cpu_seconds(web.process), time.process_time()],
+                cpu_before,
+                strict=True,
+            )
+        ]
+        missing = await final_cards(tabs, pks, quiet=10, within=120)
+        drained = max(0.0, max(at for tab in tabs for at, _ in tab.received) - final_at)
     finally:
         for tab in tabs:
             with contextlib.suppress(Exception):
@@ -472,28 +551,57 @@ async def crowd_latency() -> None:
         timelines = [e.stop() for e in emulators]
     statuses, by_backend = await outcome(pks)
     progress = [row for t in timelines for row in t["progress"]]
-    latencies = await relay_latencies(tabs, pks, progress)
+    timed = sorted(await relay_latencies(tabs, pks, progress))
+    latencies = [latency for _, latency in timed]
+    thirds = [latencies[n * len(latencies) // 3 : (n + 1) * len(latencies) // 3] for n in range(3)]
     ok = statuses == Counter({Prompt.Status.SUCCEEDED.value: len(pks)})
     print(
         f"relay latency through Redis, {CROWD} websocket clients, {len(pks)} jobs on {count} "
         f"backend{'s' if count > 1 else ''} ({posted:.1f} s to post them, {ran:.1f} s to run them; "
         f"jobs per backend {'/'.join(str(n) for n in sorted(by_backend.values(), reverse=True))}): "
-        f"p50 {statistics.median(latencies):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms, "
-        f"max {max(latencies):.2f} ms ({len(latencies)} progress fragments, of {len(progress)} "
-        f"progress messages sent); "
+        f"{p50_p99(latencies)}, max {max(latencies):.2f} ms ({len(latencies)} progress fragments, of "
+        f"{len(progress)} progress messages sent); "
         f"{'all succeeded' if ok else 'NOT ALL SUCCEEDED: ' + str(dict(statuses))}"
+    )
+    print(
+        "    the same by thirds of the run (in the order the steps were sent): "
+        + "; ".join(p50_p99(part) for part in thirds if part)
+    )
+    print(
+        f"    every job final in the database {ran:.1f} s after the first post; the last fragment reached "
+        f"a tab {drained:.1f} s after that; "
+        + (
+            f"{missing} tabs never received their job's final card"
+            if missing
+            else "every tab got its final card"
+        )
+        + f"; CPU over the run: bridge {cpu[0]:.0f}%, web {cpu[1]:.0f}%, this process (the 200 clients) "
+        f"{cpu[2]:.0f}%"
+    )
+    kinds, repeats = fragment_kinds(tabs)
+    print(
+        f"    the tabs received {sum(kinds.values())} fragments: "
+        + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        + f" ({repeats} of the queue places the same as the one the tab had just received)"
     )
 
 
+OVER_CAPACITY_RE = re.compile(r"channels_redis.core: (\d+) of \d+ channels over capacity")
+
+
 def report_logs() -> None:
-    """What the child processes said on stderr (LOG_LEVEL=WARNING: warnings and errors only)."""
+    """What the child processes said on stderr: warnings, errors, and messages channels_redis dropped
+    because the receiving channel was full (the bridges log at INFO, the rest at WARNING)."""
     for log in sorted(VAR_DIR.glob("*.log")):
         lines = [line for line in log.read_text().splitlines() if line.strip()]
-        if not lines:
-            continue
-        print(f"{log.name}: {len(lines)} line(s) on stderr, for instance:")
-        for line in list(dict.fromkeys(lines))[:8]:
-            print(f"    {line[:200]}")
+        dropped = sum(int(m.group(1)) for line in lines if (m := OVER_CAPACITY_RE.search(line)))
+        if dropped:
+            print(f"{log.name}: channels_redis dropped {dropped} message(s): the receiving channel was full")
+        problems = [line for line in lines if " INFO " not in line]
+        if problems:
+            print(f"{log.name}: {len(problems)} line(s) of warnings or errors on stderr, for instance:")
+            for line in list(dict.fromkeys(problems))[:8]:
+                print(f"    {line[:200]}")
 
 
 async def main() -> None:
@@ -501,8 +609,9 @@ async def main() -> None:
     await sync_to_async(call_command)("migrate", verbosity=0)
     print(
         f"database {settings.DATABASES['default']['ENGINE']} ({BENCH_DATABASE}), channel layer "
-        f"{settings.CHANNEL_LAYERS['default']['BACKEND']}, {os.cpu_count()} CPUs, "
-        f"{STEPS} steps at {STEP_SECONDS} s, 64 × 64, previews on; logs in {VAR_DIR}"
+        f"{settings.CHANNEL_LAYERS['default']['BACKEND']} at {settings.REDIS_URL}, "
+        f"{os.cpu_count()} CPUs (load {os.getloadavg()[0]:.2f}), {STEPS} steps at {STEP_SECONDS} s, "
+        f"64 × 64, previews on; logs in {VAR_DIR}"
     )
     try:
         await throughput()

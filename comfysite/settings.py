@@ -128,7 +128,10 @@ def redis_channel_layers(url: str) -> dict:
     # A layer's receive blocks in Redis for up to 5 s (BZPOPMIN); redis-py 8 gives up reading
     # a socket after 5 s by default, which tore idle websockets and bridges down every 5 s.
     host = {"address": url, "socket_timeout": 15}
-    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+    # All the websockets of a web process share one Redis list, 100 messages by default: with a
+    # few hundred tabs, a burst of updates overflowed it and fragments were dropped.
+    config = {"hosts": [host], "capacity": 2000}
+    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}
 
 
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -13,12 +13,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from PIL import Image, UnidentifiedImageError
 
-from .live import LiveState, queue_positions, render_card, render_progress, save_live_state
+from .live import LIVE_TTL_SECONDS, LiveState, queue_positions, render_card, render_progress, save_live_state
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
 from .scheduling import fair_order
@@ -253,14 +254,28 @@ def _card(prompt: Prompt, live: LiveState | None) -> str:
     return render_card(prompt, live=live, position=position)
 
 
-def queued_positions(last_sent: dict[int, int]) -> tuple[dict[int, int], list[tuple[int, str]]]:
-    """Every queued job's place now, and the status line of each whose place differs from
-    `last_sent`: when the queue moves, only the jobs whose place changed are told."""
+def moved_queue_places() -> list[tuple[int, str]]:
+    """When the queue moves: for each user with a queued job whose place changed since it was
+    last told, one message with the status line of each such job.
+
+    The places last told are kept in the cache, so that every bridge, in this process or
+    another, tells each change once; and a user's lines travel together, not one per job.
+    """
     prompts = list(
         Prompt.objects.filter(status=S.QUEUED).only("pk", "owner_id", "status", "cancel_requested_at")
     )
+    if not prompts:
+        return []
     positions = queue_positions(prompts)
-    changed = [p for p in prompts if last_sent.get(p.pk) != positions.get(p.pk)]
-    return positions, [
-        (p.owner_id, render_progress(p, live=LiveState(), position=positions.get(p.pk))) for p in changed
-    ]
+    told = cache.get_many([place_key(p.pk) for p in prompts])
+    moved = [p for p in prompts if told.get(place_key(p.pk)) != positions.get(p.pk)]
+    cache.set_many({place_key(p.pk): positions.get(p.pk) for p in moved}, LIVE_TTL_SECONDS)
+    lines: dict[int, list[str]] = {}
+    for prompt in moved:
+        line = render_progress(prompt, live=LiveState(), position=positions.get(prompt.pk))
+        lines.setdefault(prompt.owner_id, []).append(line)
+    return [(owner_id, "".join(html)) for owner_id, html in lines.items()]
+
+
+def place_key(prompt_id: int) -> str:
+    return f"job-place:{prompt_id}"

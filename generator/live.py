@@ -49,6 +49,8 @@ def save_live_state(prompt_id: int, state: LiveState) -> None:
 
 
 def load_live_states(prompt_ids: list[int]) -> dict[int, LiveState]:
+    if not prompt_ids:
+        return {}
     found = cache.get_many([live_key(pk) for pk in prompt_ids])
     return {pk: LiveState(**found[live_key(pk)]) for pk in prompt_ids if live_key(pk) in found}
 

@@ -153,7 +153,6 @@ class Bridge:
         self._state_work: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._outbox: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         self.positions_moved = asyncio.Event()
-        self._positions_sent: dict[int, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -618,7 +617,7 @@ class Bridge:
             await self.positions_moved.wait()
             self.positions_moved.clear()
             try:
-                self._positions_sent, changed = await db(jobs.queued_positions)(self._positions_sent)
+                changed = await db(jobs.moved_queue_places)()
             except Exception:
                 logger.exception("Bridge %s: queue places not sent", self.url)
             else:

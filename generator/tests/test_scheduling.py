@@ -121,23 +121,27 @@ def test_jobs_of_a_user_at_the_running_limit_wait_while_others_go(settings):
     assert claim_next_job("http://gpu", on_demo_backend=False) is None
 
 
-def test_when_the_queue_moves_only_jobs_whose_place_changed_are_told():
-    from generator.jobs import queued_positions
+def test_when_the_queue_moves_each_user_is_told_once_of_their_jobs_whose_place_changed():
+    from generator.jobs import moved_queue_places
 
     alice, bob = UserFactory(), UserFactory()
-    first, second = PromptFactory(owner=alice), PromptFactory(owner=bob)
-    positions, fragments = queued_positions({})
-    assert positions == {first.pk: 1, second.pk: 2}
-    assert len(fragments) == 2
+    alices = [PromptFactory(owner=alice), PromptFactory(owner=alice)]
+    bobs = PromptFactory(owner=bob)
+    told = dict(moved_queue_places())
+    assert set(told) == {alice.pk, bob.pk}  # one message per user...
+    assert all(f"prompt-{p.pk}-progress" in told[alice.pk] for p in alices)  # ...with all their lines
+    assert "#3 in the queue" in told[alice.pk]  # fair order: alice, bob, alice
 
-    third = PromptFactory(owner=UserFactory())  # joins at the back: nobody else moved
-    positions, fragments = queued_positions(positions)
-    assert positions[third.pk] == 3
-    assert [html for _, html in fragments] == [f for _, f in fragments if f"prompt-{third.pk}-" in f]
-    assert len(fragments) == 1
+    carol = UserFactory()
+    PromptFactory(owner=carol)  # a first job: it goes ahead of alice's second, not of bob's
+    told = dict(moved_queue_places())
+    assert set(told) == {alice.pk, carol.pk}
+    assert f"prompt-{alices[1].pk}-progress" in told[alice.pk]
+    assert f"prompt-{alices[0].pk}-progress" not in told[alice.pk]  # its place did not change
+    assert "#4 in the queue" in told[alice.pk]
+    assert moved_queue_places() == []  # told already, by this bridge or any other
 
-    claim_next_job("http://gpu", on_demo_backend=False)  # first goes to the GPU
-    positions, fragments = queued_positions(positions)
-    # The claimed job still counts ahead of the others while it waits in ComfyUI: no place moved.
-    assert first.pk not in positions
-    assert fragments == []
+    claim_next_job("http://gpu", on_demo_backend=False)  # alice's first goes to the GPU
+    # It still counts ahead of the others while it waits in ComfyUI: no place moved.
+    assert moved_queue_places() == []
+    assert bobs.pk  # still queued, still told nothing new
