@@ -268,13 +268,24 @@ def moved_queue_places() -> list[tuple[int, str]]:
         return []
     positions = queue_positions(prompts)
     told = cache.get_many([place_key(p.pk) for p in prompts])
-    moved = [p for p in prompts if told.get(place_key(p.pk)) != positions.get(p.pk)]
+    moved = [p for p in prompts if worth_telling(told.get(place_key(p.pk)), positions.get(p.pk))]
     cache.set_many({place_key(p.pk): positions.get(p.pk) for p in moved}, LIVE_TTL_SECONDS)
     lines: dict[int, list[str]] = {}
     for prompt in moved:
         line = render_progress(prompt, live=LiveState(), position=positions.get(prompt.pk))
         lines.setdefault(prompt.owner_id, []).append(line)
     return [(owner_id, "".join(html)) for owner_id, html in lines.items()]
+
+
+EVERY_PLACE_FROM = 20  # nearer the front than this, every move is told
+
+
+def worth_telling(told: int | None, place: int | None) -> bool:
+    """Near the front, every move; further back, moves of a tenth of the place at least: at
+    #150 nobody needs to watch each step, and telling each one flooded hundreds of tabs."""
+    if told is None or place is None or told <= EVERY_PLACE_FROM or place <= EVERY_PLACE_FROM:
+        return told != place
+    return abs(told - place) >= told // 10
 
 
 def place_key(prompt_id: int) -> str:

@@ -115,7 +115,7 @@ class BridgeSettings:
     silence_seconds: float = 120.0  # a running job with no event this long is reconciled
     preview_interval: float = 0.25  # at most four live previews a second per job
     progress_interval: float = 0.05
-    positions_interval: float = 0.5  # queue places are told at most twice a second
+    positions_interval: float = 1.0  # queue places are told at most once a second
     health_seconds: float = 5.0  # /system_stats this often; the row's checked_at is our heartbeat
     dead_seconds: float = 60.0  # unreachable this long: its jobs go back to the queue for others
 

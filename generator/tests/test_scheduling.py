@@ -145,3 +145,21 @@ def test_when_the_queue_moves_each_user_is_told_once_of_their_jobs_whose_place_c
     # It still counts ahead of the others while it waits in ComfyUI: no place moved.
     assert moved_queue_places() == []
     assert bobs.pk  # still queued, still told nothing new
+
+
+@pytest.mark.parametrize(
+    ("told", "place", "tell"),
+    [
+        (None, 150, True),  # never told
+        (5, 4, True),  # near the front: every move
+        (21, 20, True),
+        (150, 140, False),  # far back: not every step...
+        (150, 135, True),  # ...but each tenth of the way
+        (40, 36, True),
+        (40, 37, False),
+    ],
+)
+def test_far_back_in_a_long_queue_only_real_progress_is_told(told, place, tell):
+    from generator.jobs import worth_telling
+
+    assert worth_telling(told, place) is tell
