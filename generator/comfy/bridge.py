@@ -37,7 +37,7 @@ from generator.workflows import Workflow, WorkflowError, all_workflows, get_work
 
 from .client import ComfyClient
 from .connection import ComfyConnection, Connected, Disconnected
-from .errors import BackendUnreachable, ComfyError, ProtocolError, WorkflowRejected
+from .errors import BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
 from .events import (
     Executed,
     Executing,
@@ -97,6 +97,7 @@ class ActiveJob:
     last_preview_sent: float = 0.0
     started: bool = False
     verdict_seen: bool = False  # ComfyUI said it ended; its final card follows the imports
+    outputs_missing: bool = False  # an output could not be fetched: not succeeded yet
     current_node: str = ""
 
     @property
@@ -329,12 +330,28 @@ class Bridge:
         for index, output in enumerate(kept):
             if await db(jobs.has_output)(active.pk, node_id, index):
                 continue
-            data = await self.client.view(output)
+            try:
+                data = await self.client.view(output)
+            except NotFound:
+                active.outputs_missing = True  # so the success that follows changes nothing
+                error = f"ComfyUI finished this job but no longer has its output {output.filename}."
+                await self._finish(active, S.FAILED, error=error)
+                return
+            except ComfyError as error:
+                # Not succeeded without its images: settled again from /history once the
+                # backend answers, or run elsewhere if it never does.
+                logger.warning("Bridge %s: job %s: output not fetched: %s", self.url, active.pk, error)
+                active.outputs_missing = True
+                return
             await db(jobs.store_output)(active.pk, node_id, index, output.filename, data)
         if kept and not active.verdict_seen:  # else the final card, next, shows them
             await self._send_card(active)
 
     async def _finish(self, active: ActiveJob, status: str, *, error: str = "") -> None:
+        if status == S.SUCCEEDED and active.outputs_missing:
+            active.outputs_missing = active.verdict_seen = False
+            active.last_event = 0.0  # the watchdog settles it from /history at its next round
+            return
         changes = {"error": error} if error else {}
         self.active.pop(active.job.comfy_prompt_id, None)
         if self.running_prompt_id == active.job.comfy_prompt_id:

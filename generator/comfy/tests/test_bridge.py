@@ -15,6 +15,7 @@ from django.test import Client
 
 from generator.comfy.bridge import Bridge, BridgeSettings
 from generator.comfy.client import ComfyClient
+from generator.comfy.errors import NotFound
 from generator.consumers import JobsConsumer
 from generator.models import GeneratedImage, Prompt
 from generator.tests.factories import PromptFactory, UserFactory
@@ -361,3 +362,33 @@ async def test_waiting_users_see_their_place_in_the_queue_move(slow_emulator):
     assert places  # told where it stands while the others ran
     assert any('data-status="succeeded"' in f for f in fragments)
     await tab.disconnect()
+
+
+async def test_a_job_whose_image_cannot_be_fetched_yet_is_not_succeeded_without_it(emulator):
+    emulator.faults.http_500 = {"/view"}  # ComfyUI finished, but its files do not come
+    job = await new_job()
+
+    async with running_bridge(emulator.url, silence_seconds=1.0) as bridge:
+        bridge.wake.set()
+        await asyncio.sleep(1.0)
+        assert (await Prompt.objects.aget(pk=job.pk)).status == S.RUNNING  # not succeeded, imageless
+        emulator.faults.http_500 = set()
+        done = await wait_for_status(job.pk, S.SUCCEEDED, S.FAILED, within=15)
+
+    assert done.status == S.SUCCEEDED
+    assert len(await images_of(job.pk)) == 1
+
+
+async def test_a_job_whose_image_comfyui_no_longer_has_fails_in_words(emulator, monkeypatch):
+    async def view_of_a_deleted_file(self, file):
+        raise NotFound(f"ComfyUI has no file {file.filename!r} in its output folder.")
+
+    monkeypatch.setattr(ComfyClient, "view", view_of_a_deleted_file)
+    job = await new_job()
+
+    async with running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        done = await wait_for_status(job.pk, S.SUCCEEDED, S.FAILED)
+
+    assert done.status == S.FAILED
+    assert "no longer has its output" in done.error
