@@ -6,6 +6,9 @@ event loop, which relays every progress fragment to the browsers (and in `manage
 drives the bridge), waits its turn behind all of them: a burst of form posts held progress back
 for over half a second. Here requests share WEB_THREADS threads, handed out in turn; a process
 serves more at once by running more processes (`uvicorn --workers N`), not more threads.
+
+The site's views are synchronous, so each request's middleware and view run in one crossing to
+its thread (an async view would still work: Django adapts it, at the cost of a crossing back).
 """
 
 from __future__ import annotations
@@ -14,16 +17,25 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 
 class SharedThreadsASGIHandler(ASGIHandler):
     def __init__(self, threads: int) -> None:
         super().__init__()
+        # The views are synchronous: run the middleware and the view in one crossing to a
+        # thread per request. Django's async chain crossed to a thread and back for each of
+        # the nine middlewares.
+        self.load_middleware(is_async=False)
         # One call at a time per thread, as a thread-sensitive context requires.
         executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}") for n in range(threads)]
         self._executors = itertools.cycle(executors)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
