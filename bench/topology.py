@@ -37,7 +37,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,6 +87,7 @@ from django.db import transaction  # noqa: E402
 from django.db.models import Max  # noqa: E402
 from django.test import Client  # noqa: E402
 
+from bench.common import free_port, percentile  # noqa: E402
 from generator.live import BRIDGE_GROUP  # noqa: E402
 from generator.models import Backend, Prompt  # noqa: E402
 
@@ -112,17 +112,6 @@ SMALL_JOB = {
     "checkpoint": "v1-5-pruned-emaonly.safetensors",
 }
 CHILDREN: list[subprocess.Popen] = []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def cpu_seconds(process: subprocess.Popen) -> float:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from conftest import require_service
 from generator.consumers import JobsConsumer
 from generator.live import BRIDGE_GROUP
 from generator.models import Backend, GeneratedImage, Prompt
+from generator.tests.browser import free_port
 from generator.tests.factories import PromptFactory, UserFactory
 
 from .test_bridge import SMALL
@@ -41,12 +41,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(tra
 ROOT = Path(__file__).resolve().parents[3]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/7"
 S = Prompt.Status
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Processes:
