@@ -81,6 +81,10 @@ class Submission:
         return self.graph
 
 
+def any_queued() -> bool:
+    return Prompt.objects.filter(status=S.QUEUED).exists()
+
+
 def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | None:
     """Move the next queued prompt to `submitted` on this backend; return what to send.
 

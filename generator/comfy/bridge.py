@@ -388,6 +388,8 @@ class Bridge:
             self.positions_moved.set()
 
     def _claim_next_job(self) -> jobs.Submission | None:
+        if not jobs.any_queued():  # the usual answer once the queue is empty: one cheap query
+            return None
         fresh_seconds = 3 * self.settings.health_seconds
         if not backends.has_least_work(self.url, depth=self.settings.depth, fresh_seconds=fresh_seconds):
             return None  # another backend with room has less to do: it takes the next job
