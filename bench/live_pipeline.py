@@ -48,7 +48,7 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from bench.common import free_port, percentile  # noqa: E402
+from bench.common import cpu_seconds, free_port, percentile  # noqa: E402
 from generator.models import Backend, Prompt  # noqa: E402
 
 STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
@@ -268,10 +268,12 @@ async def latency_and_overhead() -> None:
     solo = Tab(site.url, "solo")
     await solo.open()
     overheads, solo_jobs = [], []
+    site_cpu = cpu_seconds(site.process.pid)
     for n in range(30):
         pk, started = await solo.generate(f"solo job {n}")
         overheads.append(await solo.finished_at(pk) - started)
         solo_jobs.append(pk)
+    site_cpu_per_job = (cpu_seconds(site.process.pid) - site_cpu) / 30 * 1000
     direct = await direct_job_seconds(emulator, 30)
     tabs = [Tab(site.url, f"user{n}") for n in range(50)]
     for tab in tabs:
@@ -291,7 +293,8 @@ async def latency_and_overhead() -> None:
     site_p50, direct_p50 = statistics.median(overheads) * 1000, statistics.median(direct) * 1000
     print(
         f"overhead per job: through the site p50 {site_p50:.1f} ms, straight to the emulator p50 "
-        f"{direct_p50:.1f} ms, difference {site_p50 - direct_p50:.1f} ms"
+        f"{direct_p50:.1f} ms, difference {site_p50 - direct_p50:.1f} ms; "
+        f"the site's process used {site_cpu_per_job:.1f} ms of CPU per job (DEBUG={settings.DEBUG})"
     )
 
 

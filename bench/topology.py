@@ -87,7 +87,7 @@ from django.db import transaction  # noqa: E402
 from django.db.models import Max  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from bench.common import free_port, percentile  # noqa: E402
+from bench.common import cpu_seconds, free_port, percentile  # noqa: E402
 from generator.live import BRIDGE_GROUP  # noqa: E402
 from generator.models import Backend, Prompt  # noqa: E402
 
@@ -112,12 +112,6 @@ SMALL_JOB = {
     "checkpoint": "v1-5-pruned-emaonly.safetensors",
 }
 CHILDREN: list[subprocess.Popen] = []
-
-
-def cpu_seconds(process: subprocess.Popen) -> float:
-    """CPU time (user + system) a running child has used so far, from /proc."""
-    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spawn(args: list[str], *, log: str | None = None, **kwargs) -> subprocess.Popen:
@@ -335,10 +329,10 @@ async def throughput_round(count: int, clients: list[Client]) -> dict:
         await wait_final(warm, 60, watch=[bridge])
         per_client = JOBS_PER_BACKEND * count // len(clients)
         pks, queued_at = await sync_to_async(post_jobs)(clients, per_client, f"throughput {count}")
-        queued_perf, cpu_before = time.perf_counter(), cpu_seconds(bridge.process)
+        queued_perf, cpu_before = time.perf_counter(), cpu_seconds(bridge.process.pid)
         await wake_bridge()
         await wait_final(pks, 120 + 3 * len(pks), watch=[bridge])
-        bridge_cpu = (cpu_seconds(bridge.process) - cpu_before) / (time.perf_counter() - queued_perf)
+        bridge_cpu = (cpu_seconds(bridge.process.pid) - cpu_before) / (time.perf_counter() - queued_perf)
     finally:
         bridge.stop()
         timelines = [e.stop() for e in emulators]
@@ -514,7 +508,7 @@ async def crowd_latency() -> None:
         sessions = [await sync_to_async(session_cookie)(user) for user in users]
         tabs = [Tab(web.url, session) for session in sessions]
         await bounded(20, [tab.open() for tab in tabs])
-        cpu_before = [cpu_seconds(bridge.process), cpu_seconds(web.process), time.process_time()]
+        cpu_before = [cpu_seconds(bridge.process.pid), cpu_seconds(web.process.pid), time.process_time()]
         started = time.perf_counter()
         pks = await bounded(20, [tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)])
         posted = time.perf_counter() - started
@@ -524,7 +518,7 @@ async def crowd_latency() -> None:
         cpu = [  # from the first post until every job was final
             100 * (used - before) / ran
             for used, before in zip(
-                [cpu_seconds(bridge.process), cpu_seconds(web.process), time.process_time()],
+                [cpu_seconds(bridge.process.pid), cpu_seconds(web.process.pid), time.process_time()],
                 cpu_before,
                 strict=True,
             )
