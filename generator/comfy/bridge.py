@@ -678,9 +678,11 @@ class Bridge:
             fields["node_classes"] = sorted(object_info)
         if system_stats is not None:
             fields["system_stats"] = system_stats
+        row = Backend.objects.filter(url=self.url)
         if self.lease_owner:  # a process that lost its lease must not overwrite the new owner's news
-            Backend.objects.filter(url=self.url, lease_owner=self.lease_owner).update(**fields)
+            row = row.filter(lease_owner=self.lease_owner)
+            row.update(**fields)
         else:
             Backend.objects.update_or_create(url=self.url, defaults=fields)
         if not online:
-            Backend.objects.filter(url=self.url, offline_since__isnull=True).update(offline_since=now)
+            row.filter(offline_since__isnull=True).update(offline_since=now)
