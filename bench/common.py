@@ -1,10 +1,27 @@
-"""What the benchmark scripts share."""
+"""What the benchmark scripts share: ports, percentiles, CPU time, and browser tabs.
+
+Import it after django.setup(): tabs read Prompt rows.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 import socket
+import time
 from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from django.test import Client
+
+from generator.models import Prompt
+
+STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
+CARD_RE = re.compile(r'id="prompt-(\d+)" data-status="(\w+)"')
 
 
 def free_port() -> int:
@@ -23,3 +40,113 @@ def cpu_seconds(pid: int) -> float:
     time on a small shared machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def small_job(steps: int) -> dict[str, str]:
+    """The generate form's fields for a small text-to-image job (64 × 64)."""
+    return {
+        "workflow": "txt2img",
+        "size": "custom",
+        "width": "64",
+        "height": "64",
+        "steps": str(steps),
+        "cfg": "7",
+        "sampler": "euler",
+        "scheduler": "normal",
+        "batch_size": "1",
+        "checkpoint": "v1-5-pruned-emaonly.safetensors",
+    }
+
+
+def logged_in_client(user: Any) -> Client:
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(user)
+    return client
+
+
+def session_cookie(user: Any) -> str:
+    return logged_in_client(user).cookies["sessionid"].value
+
+
+class Tab:
+    """A logged-in browser tab: its session, its websocket, what it received and when."""
+
+    def __init__(self, site: str, session: str, job: dict[str, str]) -> None:
+        self.site = site
+        self.session = session
+        self.job = job
+        self.received: list[tuple[float, str]] = []
+        self.final_card_at: dict[int, float] = {}
+        self.final_status: dict[int, str] = {}
+        self.arrived = asyncio.Event()
+
+    async def open(self) -> None:
+        self.http = httpx.AsyncClient(base_url=self.site, cookies={"sessionid": self.session}, timeout=60)
+        response = await self.http.get("/")  # sets the CSRF cookie
+        assert response.status_code == 200, response.status_code
+        header = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+        self.socket = await websockets.connect(
+            self.site.replace("http", "ws") + "/ws/jobs/",
+            additional_headers={"Cookie": header, "Origin": self.site},
+            open_timeout=60,
+            ping_interval=None,
+            max_size=None,
+        )
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in self.socket:
+                at = time.perf_counter()
+                self.received.append((at, message))
+                card = CARD_RE.match(message, message.find("id=")) if message.startswith("<article") else None
+                if card and card.group(2) in Prompt.FINAL_STATUSES:  # only whole cards say it ended
+                    self.final_card_at.setdefault(int(card.group(1)), at)
+                    self.final_status.setdefault(int(card.group(1)), card.group(2))
+                self.arrived.set()
+
+    async def generate(self, prompt: str) -> tuple[int, float]:
+        """Post the form; the new job and when the post started."""
+        started = time.perf_counter()
+        response = await self.http.post(
+            "/generate/",
+            data={**self.job, "prompt": prompt},
+            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "HX-Request": "true"},
+        )
+        card = CARD_RE.search(response.text)
+        assert card, response.text[:1000]
+        return int(card.group(1)), started
+
+    async def finished_at(self, pk: int, within: float = 120) -> float:
+        """When this tab received the job's card saying it succeeded."""
+        deadline = time.perf_counter() + within
+        while time.perf_counter() < deadline:
+            if pk in self.final_card_at:
+                assert self.final_status[pk] == "succeeded", f"job {pk} {self.final_status[pk]}"
+                return self.final_card_at[pk]
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), 1)
+        raise AssertionError(f"job {pk} never finished")
+
+    async def close(self) -> None:
+        await self.socket.close()
+        self.reader.cancel()
+        await self.http.aclose()
+
+
+async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[tuple[float, float]]:
+    """Per step fragment a tab received: (when the emulator sent that `progress` message,
+    received at − sent at in ms). `progress` is the timed emulators' (prompt id, step, sent at)."""
+    sent = {(prompt_id, step): at for prompt_id, step, at in progress}
+    comfy_ids = {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
+    latencies = []
+    for tab in tabs:
+        for at, html in tab.received:
+            if not html.startswith('<div class="job-progress"'):
+                continue  # whole cards come from the database side, after the step itself
+            for match in STEP_RE.finditer(html):
+                key = (comfy_ids.get(int(match.group(1)), ""), int(match.group(2)))
+                if key in sent:
+                    latencies.append((sent[key], (at - sent[key]) * 1000))
+    return latencies

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -46,88 +45,27 @@ from asgiref.sync import sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.test import Client  # noqa: E402
 
-from bench.common import cpu_seconds, free_port, percentile  # noqa: E402
-from generator.models import Backend, Prompt  # noqa: E402
+from bench.common import (  # noqa: E402
+    Tab,
+    cpu_seconds,
+    free_port,
+    percentile,
+    relay_latencies,
+    session_cookie,
+    small_job,
+)
+from generator.models import Backend  # noqa: E402
 
-STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
-CARD_RE = re.compile(r'id="prompt-(\d+)" data-status="(\w+)"')
-SMALL_JOB = {
-    "size": "custom",
-    "width": "64",
-    "height": "64",
-    "steps": "8",
-    "cfg": "7",
-    "sampler": "euler",
-    "scheduler": "normal",
-    "batch_size": "1",
-    "checkpoint": "v1-5-pruned-emaonly.safetensors",
-}
+SMALL_JOB = small_job(steps=8)
 
 
-class Tab:
-    """A logged-in browser tab: its session, its websocket, what it received and when."""
-
-    def __init__(self, site: str, username: str) -> None:
-        self.site = site
-        self.username = username
-        self.received: list[tuple[float, str]] = []
-        self.finished: dict[int, float] = {}
-        self.arrived = asyncio.Event()
-
-    async def open(self) -> None:
-        user = await sync_to_async(get_user_model().objects.create_user)(self.username, password="x")
-        client = Client()
-        await sync_to_async(client.force_login)(user)
-        self.cookies = {"sessionid": client.cookies["sessionid"].value}
-        self.http = httpx.AsyncClient(base_url=self.site, cookies=self.cookies, timeout=30)
-        await self.http.get("/")  # sets the CSRF cookie
-        origin = self.site
-        header = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
-        self.socket = await websockets.connect(
-            self.site.replace("http", "ws") + "/ws/jobs/",
-            additional_headers={"Cookie": header, "Origin": origin},
-        )
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for message in self.socket:
-            at = time.perf_counter()
-            self.received.append((at, message))
-            if message.startswith("<article"):  # only whole cards carry a final status
-                card = CARD_RE.match(message, message.find("id="))
-                if card and card.group(2) == "succeeded":
-                    self.finished.setdefault(int(card.group(1)), at)
-            self.arrived.set()
-
-    async def generate(self, prompt: str) -> tuple[int, float]:
-        started = time.perf_counter()
-        token = self.http.cookies["csrftoken"]
-        response = await self.http.post(
-            "/generate/",
-            data={"workflow": "txt2img", "prompt": prompt, **SMALL_JOB},
-            headers={"X-CSRFToken": token, "HX-Request": "true"},
-        )
-        match = CARD_RE.search(response.text)
-        assert match, response.text[:500]
-        return int(match.group(1)), started
-
-    async def finished_at(self, pk: int, within: float = 120) -> float:
-        """When this tab received the job's card saying it succeeded."""
-        deadline = time.perf_counter() + within
-        while time.perf_counter() < deadline:
-            if pk in self.finished:
-                return self.finished[pk]
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), 1)
-        raise AssertionError(f"job {pk} never finished")
-
-    async def close(self) -> None:
-        await self.socket.close()
-        self.reader.cancel()
-        await self.http.aclose()
+async def user_tab(site: str, username: str) -> Tab:
+    """A new user's tab, logged in and connected."""
+    user = await sync_to_async(get_user_model().objects.create_user)(username, password="x")
+    tab = Tab(site, await sync_to_async(session_cookie)(user), SMALL_JOB)
+    await tab.open()
+    return tab
 
 
 class EmulatorProcess:
@@ -155,23 +93,6 @@ class EmulatorProcess:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
         return json.loads(self.out.read_text())
-
-
-async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[float]:
-    """Per progress fragment a tab received: received at − the emulator sent that step at."""
-    sent = {(prompt_id, step): at for prompt_id, step, at in progress}
-    comfy_ids = {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
-    latencies = []
-    for tab in tabs:
-        for at, html in tab.received:
-            if not html.startswith('<div class="job-progress"'):
-                continue  # whole cards come from the database side, after the step itself
-            for match in STEP_RE.finditer(html):
-                pk, step = int(match.group(1)), int(match.group(2))
-                key = (comfy_ids.get(pk, ""), step)
-                if key in sent:
-                    latencies.append((at - sent[key]) * 1000)
-    return latencies
 
 
 async def direct_job_seconds(emulator: EmulatorProcess, rounds: int) -> list[float]:
@@ -265,8 +186,7 @@ async def stop_site(site: SiteProcess, tabs: list[Tab]) -> None:
 async def latency_and_overhead() -> None:
     emulator = EmulatorProcess(step_seconds=0.0)
     site = await run_site(emulator.url)
-    solo = Tab(site.url, "solo")
-    await solo.open()
+    solo = await user_tab(site.url, "solo")
     overheads, solo_jobs = [], []
     site_cpu = cpu_seconds(site.process.pid)
     for n in range(30):
@@ -275,16 +195,14 @@ async def latency_and_overhead() -> None:
         solo_jobs.append(pk)
     site_cpu_per_job = (cpu_seconds(site.process.pid) - site_cpu) / 30 * 1000
     direct = await direct_job_seconds(emulator, 30)
-    tabs = [Tab(site.url, f"user{n}") for n in range(50)]
-    for tab in tabs:
-        await tab.open()
+    tabs = [await user_tab(site.url, f"user{n}") for n in range(50)]
     batch = await asyncio.gather(*(tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)))
     await asyncio.gather(*(tab.finished_at(pk) for tab, (pk, _) in zip(tabs, batch, strict=True)))
     await stop_site(site, [solo, *tabs])
     progress = emulator.stop()["progress"]
 
-    solo_latency = await relay_latencies([solo], solo_jobs, progress)
-    crowd_latency = await relay_latencies(tabs, [pk for pk, _ in batch], progress)
+    solo_latency = [ms for _, ms in await relay_latencies([solo], solo_jobs, progress)]
+    crowd_latency = [ms for _, ms in await relay_latencies(tabs, [pk for pk, _ in batch], progress)]
     for label, values in [("1 job", solo_latency), ("50 jobs", crowd_latency)]:
         p50, p99 = statistics.median(values), percentile(values, 0.99)
         print(
@@ -301,8 +219,7 @@ async def latency_and_overhead() -> None:
 async def idle_time() -> None:
     emulator = EmulatorProcess(step_seconds=0.025)  # 8 steps: 0.2 s per job
     site = await run_site(emulator.url)
-    solo = Tab(site.url, "queue")
-    await solo.open()
+    solo = await user_tab(site.url, "queue")
     queued = [await solo.generate(f"queue job {n}") for n in range(50)]
     for pk, _ in queued:
         await solo.finished_at(pk)

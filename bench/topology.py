@@ -77,7 +77,6 @@ import django  # noqa: E402
 django.setup()
 
 import httpx  # noqa: E402
-import websockets  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 from channels.layers import get_channel_layer  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -87,7 +86,18 @@ from django.db import transaction  # noqa: E402
 from django.db.models import Max  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from bench.common import cpu_seconds, free_port, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    CARD_RE,
+    STEP_RE,
+    Tab,
+    cpu_seconds,
+    free_port,
+    logged_in_client,
+    percentile,
+    relay_latencies,
+    session_cookie,
+    small_job,
+)
 from generator.live import BRIDGE_GROUP  # noqa: E402
 from generator.models import Backend, Prompt  # noqa: E402
 
@@ -97,20 +107,7 @@ THROUGHPUT_USERS = 8
 BACKEND_COUNTS = (1, 2, 4)
 CROWD = 200
 CROWD_BACKENDS = 2
-STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
-CARD_RE = re.compile(r'id="prompt-(\d+)" data-status="(\w+)"')
-SMALL_JOB = {
-    "workflow": "txt2img",
-    "size": "custom",
-    "width": "64",
-    "height": "64",
-    "steps": str(STEPS),
-    "cfg": "7",
-    "sampler": "euler",
-    "scheduler": "normal",
-    "batch_size": "1",
-    "checkpoint": "v1-5-pruned-emaonly.safetensors",
-}
+SMALL_JOB = small_job(steps=STEPS)
 CHILDREN: list[subprocess.Popen] = []
 
 
@@ -267,16 +264,6 @@ def make_users(prefix: str, count: int) -> list:
     return model.objects.bulk_create(users)
 
 
-def logged_in_client(user) -> Client:
-    client = Client(HTTP_HOST="127.0.0.1")
-    client.force_login(user)
-    return client
-
-
-def session_cookie(user) -> str:
-    return logged_in_client(user).cookies["sessionid"].value
-
-
 def post_jobs(clients: list[Client], per_client: int, label: str) -> tuple[list[int], float]:
     """Post the form `per_client` times for each user, round robin, all in one transaction;
     return the new jobs and when they became visible (the commit, wall clock)."""
@@ -380,71 +367,6 @@ async def throughput() -> None:
 # -- 2. relay latency through Redis ---------------------------------------------------------------
 
 
-class Tab:
-    """A logged-in browser tab: its session, its websocket, what it received and when."""
-
-    def __init__(self, site: str, session: str) -> None:
-        self.site = site
-        self.session = session
-        self.received: list[tuple[float, str]] = []
-        self.final_card_at: dict[int, float] = {}
-
-    async def open(self) -> None:
-        self.http = httpx.AsyncClient(base_url=self.site, cookies={"sessionid": self.session}, timeout=60)
-        response = await self.http.get("/")  # sets the CSRF cookie
-        assert response.status_code == 200, response.status_code
-        header = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
-        self.socket = await websockets.connect(
-            self.site.replace("http", "ws") + "/ws/jobs/",
-            additional_headers={"Cookie": header, "Origin": self.site},
-            open_timeout=60,
-            ping_interval=None,
-            max_size=None,
-        )
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for message in self.socket:
-                at = time.perf_counter()
-                self.received.append((at, message))
-                card = CARD_RE.match(message, message.find("id=")) if message.startswith("<article") else None
-                if card and card.group(2) in Prompt.FINAL_STATUSES:
-                    self.final_card_at.setdefault(int(card.group(1)), at)
-
-    async def generate(self, prompt: str) -> int:
-        response = await self.http.post(
-            "/generate/",
-            data={**SMALL_JOB, "prompt": prompt},
-            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "HX-Request": "true"},
-        )
-        card = CARD_RE.search(response.text)
-        assert card, response.text[:1000]
-        return int(card.group(1))
-
-    async def close(self) -> None:
-        await self.socket.close()
-        self.reader.cancel()
-        await self.http.aclose()
-
-
-async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[tuple[float, float]]:
-    """Per progress fragment a tab received: (when the emulator sent that step, received at − sent at
-    in ms)."""
-    sent = {(prompt_id, step): at for prompt_id, step, at in progress}
-    comfy_ids = {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
-    latencies = []
-    for tab in tabs:
-        for at, html in tab.received:
-            if not html.startswith('<div class="job-progress"'):
-                continue  # whole cards come from the database side, after the step itself
-            for match in STEP_RE.finditer(html):
-                key = (comfy_ids.get(int(match.group(1)), ""), int(match.group(2)))
-                if key in sent:
-                    latencies.append((sent[key], (at - sent[key]) * 1000))
-    return latencies
-
-
 def fragment_kinds(tabs: list[Tab]) -> tuple[Counter, int]:
     """What the tabs received, by kind; and how many queue places repeated the tab's previous one."""
     kinds: Counter[str] = Counter()
@@ -506,11 +428,12 @@ async def crowd_latency() -> None:
         await web.started()
         users = await sync_to_async(make_users)("crowd", CROWD)
         sessions = [await sync_to_async(session_cookie)(user) for user in users]
-        tabs = [Tab(web.url, session) for session in sessions]
+        tabs = [Tab(web.url, session, SMALL_JOB) for session in sessions]
         await bounded(20, [tab.open() for tab in tabs])
         cpu_before = [cpu_seconds(bridge.process.pid), cpu_seconds(web.process.pid), time.process_time()]
         started = time.perf_counter()
-        pks = await bounded(20, [tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)])
+        posts = await bounded(20, [tab.generate(f"crowd job {n}") for n, tab in enumerate(tabs)])
+        pks = [pk for pk, _ in posts]
         posted = time.perf_counter() - started
         await wait_final(pks, 240, watch=[bridge, web])
         final_at = time.perf_counter()

@@ -147,8 +147,6 @@ def release_leases(urls: list[str], owner: str) -> None:
 
 # -- where the next job goes ---------------------------------------------------------------------
 
-UNFINISHED_ON_GPU = [Prompt.Status.SUBMITTED, Prompt.Status.RUNNING]
-
 
 def healthy_backends(fresh_seconds: float) -> list[Backend]:
     """Backends online whose bridge reported within `fresh_seconds` (a dead bridge's row goes stale)."""
@@ -163,7 +161,7 @@ def has_least_work(url: str, *, depth: int, fresh_seconds: float) -> bool:
     if not healthy:
         return True
     urls = [url, *(b.url for b in healthy)]
-    on_gpu = Prompt.objects.filter(status__in=UNFINISHED_ON_GPU, backend__in=urls)
+    on_gpu = Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES, backend__in=urls)
     load = Counter(on_gpu.values_list("backend", flat=True))
     weight = Backend.objects.filter(url=url).values_list("weight", flat=True).first() or 1
     mine = load[url] / weight

@@ -136,15 +136,14 @@ def _claim(prompt: Prompt, backend_url: str, on_demo_backend: bool) -> bool:
 
 def release_jobs_on(backend_url: str, reason: str) -> list[int]:
     """A backend that died: its unfinished jobs go back to the queue (or fail on a second loss)."""
-    moved = []
-    for prompt in Prompt.objects.filter(backend=backend_url, status__in=[S.SUBMITTED, S.RUNNING]):
-        requeue_or_fail(prompt.pk, reason)
-        moved.append(prompt.pk)
+    moved = [job.pk for job in jobs_on_backend(backend_url)]
+    for pk in moved:
+        requeue_or_fail(pk, reason)
     return moved
 
 
 def jobs_on_backend(backend_url: str) -> list[Job]:
-    prompts = Prompt.objects.filter(backend=backend_url, status__in=[S.SUBMITTED, S.RUNNING]).order_by("pk")
+    prompts = Prompt.objects.filter(backend=backend_url, status__in=Prompt.ON_BACKEND_STATUSES).order_by("pk")
     return [_job(p) for p in prompts]
 
 

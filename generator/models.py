@@ -100,6 +100,8 @@ class Prompt(models.Model):
         Status.CANCELLED: frozenset(),
     }
     FINAL_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+    # Handed to a backend: waiting in ComfyUI's queue or running there.
+    ON_BACKEND_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.SUBMITTED, Status.RUNNING})
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompts")
     workflow = models.CharField(max_length=100)

@@ -65,7 +65,7 @@ def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
 def users_at_running_limit() -> set[int]:
     """Owners whose jobs may not go to a GPU now because enough of theirs are there already."""
     on_gpu = Counter(
-        Prompt.objects.filter(status__in=[S.SUBMITTED, S.RUNNING]).values_list("owner_id", flat=True)
+        Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES).values_list("owner_id", flat=True)
     )
     if not on_gpu:
         return set()

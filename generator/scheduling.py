@@ -20,7 +20,7 @@ def fair_order() -> list[int]:
     queued = Prompt.objects.filter(status=S.QUEUED).order_by("created_at", "pk")
     rows = list(queued.values_list("pk", "owner_id", "submit_attempts"))
     in_comfy = Counter(
-        Prompt.objects.filter(status__in=[S.SUBMITTED, S.RUNNING]).values_list("owner_id", flat=True)
+        Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES).values_list("owner_id", flat=True)
     )
     seen: Counter[int] = Counter()
     ranked = []

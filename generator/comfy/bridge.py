@@ -531,8 +531,8 @@ class Bridge:
         logger.warning("Bridge %s: unreachable; %d jobs go back to the queue", self.url, len(moved))
         self.active.clear()
         self.running_prompt_id = None
-        for pk in moved:
-            self._relay(*await db(jobs.card_html)(pk))
+        for owner_id, html in await db(lambda: [jobs.card_html(pk) for pk in moved])():
+            self._relay(owner_id, html)
         await self.layer.group_send(BRIDGE_GROUP, {"type": "wake"})
 
     def _offline_seconds(self) -> float | None:

@@ -18,6 +18,7 @@ import socket
 import uuid
 
 from asgiref.sync import sync_to_async
+from django.db import connections
 
 from generator.backends import BackendConfig, release_leases, renew_leases, take_lease
 
@@ -61,6 +62,7 @@ class BridgePool:
             await self._stop(list(self.bridges))
             with contextlib.suppress(Exception):
                 await sync_to_async(release_leases)([config.url for config in self.backends], self.owner)
+                await sync_to_async(connections.close_all)()
 
     async def _tend(self) -> None:
         held = list(self.bridges)
