@@ -32,6 +32,14 @@ def require_service(name: str, url: str) -> None:
     pytest.skip(f"{message}; start it to run this test.")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # A connection kept open on a worker thread (the web threads, a bridge's, asgiref's) would
+    # outlive the test that opened it and hold the test database open when it is dropped.
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
 @pytest.fixture(autouse=True)
 def _test_settings(settings, tmp_path):
     """Every test writes its media under its own folder; passwords hash fast."""

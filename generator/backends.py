@@ -53,26 +53,35 @@ def backend_summary() -> BackendSummary:
     return BackendSummary(True, True, demo, message)
 
 
-def object_info() -> dict[str, Any]:
-    """Node definitions for forms: the first online backend's, else the last seen, else bundled."""
-    for backend in Backend.objects.order_by("-online", "-checked_at"):
-        if backend.object_info:
-            return backend.object_info
-    return bundled_object_info()
+@dataclass(frozen=True)
+class NodeCatalog:
+    """What the known backends can run, read once per request: the node definitions the form
+    takes its choices and ranges from, and what each backend lacks for a workflow."""
+
+    backends: list[Backend]  # those that reported their nodes, online and freshest first
+
+    @property
+    def object_info(self) -> dict[str, Any]:
+        """The first online backend's node definitions, else the last seen, else bundled."""
+        for backend in self.backends:
+            if backend.object_info:
+                return backend.object_info
+        return bundled_object_info()
+
+    def problems(self, workflow: Workflow) -> list[str]:
+        """Why `workflow` cannot run on any backend we know ([] when it can, or when none is known)."""
+        best: list[str] | None = None
+        for backend in self.backends:
+            problems = workflow.problems_on(set(backend.node_classes), backend.object_info)
+            if not problems:
+                return []
+            best = problems if best is None else best
+        return best or []
 
 
-def workflow_problems(workflow: Workflow) -> list[str]:
-    """Why `workflow` cannot run on the backends we know ([] when it can, or when none is known)."""
-    known = [b for b in Backend.objects.order_by("-online", "-checked_at") if b.node_classes]
-    if not known:
-        return []
-    best: list[str] | None = None
-    for backend in known:
-        problems = workflow.problems_on(set(backend.node_classes), backend.object_info)
-        if not problems:
-            return []
-        best = problems if best is None else best
-    return best or []
+def node_catalog() -> NodeCatalog:
+    rows = Backend.objects.order_by("-online", "-checked_at").only("object_info", "node_classes")
+    return NodeCatalog([backend for backend in rows if backend.node_classes])
 
 
 # -- configuration -----------------------------------------------------------------------------

@@ -15,20 +15,21 @@ from typing import Any
 
 from django.core.cache import cache
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from PIL import Image, UnidentifiedImageError
 
 from .live import LIVE_TTL_SECONDS, LiveState, queue_positions, render_card, render_progress, save_live_state
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
-from .scheduling import fair_order
+from .scheduling import site_queue
 from .workflows import WorkflowError, get_workflow
 
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = (384, 384)
 MAX_SUBMIT_ATTEMPTS = 2
+CANDIDATES = 20  # queued jobs looked at per claim: enough to pass over owners at their limit
 S = Prompt.Status
 
 
@@ -55,13 +56,6 @@ def _job(prompt: Prompt) -> Job:
         cancel_requested=prompt.cancel_requested_at is not None,
         submit_attempts=prompt.submit_attempts,
     )
-
-
-def next_queued_prompts(limit: int = 20) -> list[Prompt]:
-    """Candidates in the order they should run (see scheduling.fair_order)."""
-    order = fair_order()[:limit]
-    found = Prompt.objects.in_bulk(order)
-    return [found[pk] for pk in order if pk in found]
 
 
 @dataclass(frozen=True)
@@ -91,9 +85,11 @@ def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | N
     The row gets its ComfyUI prompt id before anything is sent, so a crash between the POST
     and our next write is found again by reconciliation.
     """
-    candidates = next_queued_prompts()
-    blocked_owners = users_at_running_limit() if candidates else set()
-    for prompt in candidates:
+    queue = site_queue()
+    order = queue.order[:CANDIDATES]
+    found = Prompt.objects.in_bulk(order)
+    blocked_owners = users_at_running_limit(queue.on_backend) if order else set()
+    for prompt in (found[pk] for pk in order if pk in found):
         if prompt.owner_id in blocked_owners:
             continue
         try:
@@ -115,23 +111,25 @@ def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | N
 
 
 def _claim(prompt: Prompt, backend_url: str, on_demo_backend: bool) -> bool:
-    """Exactly one bridge wins a job. On PostgreSQL the row is locked with SKIP LOCKED, so
-    bridges claiming at once pass over each other's rows instead of queueing on them; the
-    conditional update of transition_to guards every database."""
+    """Exactly one bridge wins a job: the conditional update of transition_to guards every
+    database. On PostgreSQL the row is first locked with SKIP LOCKED, so bridges claiming at
+    once pass over each other's rows instead of queueing on them."""
+    if not connection.features.has_select_for_update_skip_locked:  # SQLite: the update alone decides
+        return _mark_submitted(prompt, backend_url, on_demo_backend)
     with transaction.atomic():
-        if not Prompt.objects.select_for_update(skip_locked=True).filter(pk=prompt.pk, status=S.QUEUED):
-            return False
-        try:
-            prompt.transition_to(
-                S.SUBMITTED,
-                comfy_prompt_id=uuid.uuid4(),
-                backend=backend_url,
-                on_demo_backend=on_demo_backend,
-                submit_attempts=prompt.submit_attempts + 1,
-            )
-        except IllegalTransition:  # cancelled or claimed elsewhere meanwhile
-            return False
-    return True
+        locked = Prompt.objects.select_for_update(skip_locked=True).filter(pk=prompt.pk, status=S.QUEUED)
+        return bool(locked.values_list("pk")) and _mark_submitted(prompt, backend_url, on_demo_backend)
+
+
+def _mark_submitted(prompt: Prompt, backend_url: str, on_demo_backend: bool) -> bool:
+    return _try_transition(
+        prompt,
+        S.SUBMITTED,
+        comfy_prompt_id=uuid.uuid4(),
+        backend=backend_url,
+        on_demo_backend=on_demo_backend,
+        submit_attempts=prompt.submit_attempts + 1,
+    )
 
 
 def release_jobs_on(backend_url: str, reason: str) -> list[int]:
@@ -205,14 +203,13 @@ def _thumbnail(data: bytes) -> tuple[bytes | None, int | None, int | None]:
         return None, None, None
 
 
-def store_output(pk: int, node_id: str, index: int, filename: str, data: bytes) -> GeneratedImage | None:
+def store_output(job: Job, node_id: str, index: int, filename: str, data: bytes) -> GeneratedImage | None:
     """Keep one output file byte for byte, with a thumbnail. Importing twice stores it once."""
-    prompt = Prompt.objects.get(pk=pk)
     thumbnail, width, height = _thumbnail(data)
     content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     image = GeneratedImage(
-        prompt=prompt,
-        owner_id=prompt.owner_id,
+        prompt_id=job.pk,
+        owner_id=job.owner_id,
         node_id=node_id,
         output_index=index,
         width=width,

@@ -15,7 +15,7 @@ from django.core.cache import cache
 from django.template.loader import render_to_string
 
 from .models import GeneratedImage, Prompt
-from .scheduling import fair_order
+from .scheduling import site_queue
 
 LIVE_TTL_SECONDS = 3600
 BRIDGE_GROUP = "comfy-bridge"
@@ -60,12 +60,18 @@ def queue_positions(prompts: list[Prompt]) -> dict[int, int]:
     wanted = {p.pk for p in prompts if p.status == Prompt.Status.QUEUED}
     if not wanted:
         return {}
-    ahead_in_comfy = Prompt.objects.filter(status=Prompt.Status.SUBMITTED).count()
-    return {pk: ahead_in_comfy + place for place, pk in enumerate(fair_order(), start=1) if pk in wanted}
+    queue = site_queue()
+    return {
+        pk: queue.waiting_in_comfy + place for place, pk in enumerate(queue.order, start=1) if pk in wanted
+    }
 
 
 def card_context(
-    prompt: Prompt, *, live: LiveState | None = None, position: int | None = None
+    prompt: Prompt,
+    *,
+    live: LiveState | None = None,
+    position: int | None = None,
+    images: list[GeneratedImage] | None = None,
 ) -> dict[str, Any]:
     live = live or LiveState()
     if prompt.cancel_requested_at is not None and not live.cancelling:
@@ -74,7 +80,7 @@ def card_context(
         "prompt": prompt,
         "live": live,
         "position": position,
-        "images": list(prompt.images.all()) if prompt.pk else [],
+        "images": list(prompt.images.all()) if images is None and prompt.pk else images or [],
     }
 
 

@@ -40,20 +40,20 @@ def limits_for(user: Any) -> Limits:
 def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
     """Why `user` may not queue another job now, in words; None when they may."""
     limits = limits_for(user)
-    if limits.max_queued is not None:
-        waiting = Prompt.objects.filter(owner=user, status=S.QUEUED).count()
-        if waiting >= limits.max_queued:
-            return (
-                f"You already have {waiting} jobs waiting, the most you may queue at once. "
-                "Try again when some have run."
-            )
+    if limits.max_queued is None and limits.max_images_per_day is None:
+        return None
+    unfinished = Prompt.objects.filter(owner=user, status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES])
+    rows = list(unfinished.values_list("status", "params"))
+    waiting = sum(status == S.QUEUED for status, _ in rows)
+    if limits.max_queued is not None and waiting >= limits.max_queued:
+        return (
+            f"You already have {waiting} jobs waiting, the most you may queue at once. "
+            "Try again when some have run."
+        )
     if limits.max_images_per_day is not None:
         since = timezone.now() - datetime.timedelta(days=1)
         made = GeneratedImage.objects.filter(owner=user, created_at__gte=since).count()
-        unfinished = Prompt.objects.filter(owner=user, status__in=[S.QUEUED, S.SUBMITTED, S.RUNNING])
-        pending = sum(
-            int(params.get("batch_size") or 1) for params in unfinished.values_list("params", flat=True)
-        )
+        pending = sum(int(params.get("batch_size") or 1) for _, params in rows)
         if made + pending + batch_size > limits.max_images_per_day:
             return (
                 f"You have made {made} images in the last 24 hours (limit {limits.max_images_per_day}); "
@@ -62,11 +62,9 @@ def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
     return None
 
 
-def users_at_running_limit() -> set[int]:
-    """Owners whose jobs may not go to a GPU now because enough of theirs are there already."""
-    on_gpu = Counter(
-        Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES).values_list("owner_id", flat=True)
-    )
+def users_at_running_limit(on_gpu: Counter[int]) -> set[int]:
+    """Owners whose jobs may not go to a GPU now because enough of theirs are there already
+    (`on_gpu`: owner id → jobs handed to ComfyUI)."""
     if not on_gpu:
         return set()
     blocked = set()

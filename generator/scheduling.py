@@ -9,22 +9,43 @@ The same order gives the queue positions users see.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from .models import Prompt
 
 S = Prompt.Status
 
 
-def fair_order() -> list[int]:
-    """Primary keys of all queued jobs, next to run first."""
-    queued = Prompt.objects.filter(status=S.QUEUED).order_by("created_at", "pk")
-    rows = list(queued.values_list("pk", "owner_id", "submit_attempts"))
-    in_comfy = Counter(
-        Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES).values_list("owner_id", flat=True)
+@dataclass(frozen=True)
+class SiteQueue:
+    """The site's unfinished jobs as the scheduler sees them, read in one query."""
+
+    order: list[int]  # primary keys of the queued jobs, next to run first
+    on_backend: Counter[int]  # owner id → that owner's jobs handed to ComfyUI
+    waiting_in_comfy: int  # jobs handed to ComfyUI that have not started: ahead of every queued one
+
+
+def site_queue() -> SiteQueue:
+    rows = (
+        Prompt.objects.filter(status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES])
+        .order_by("created_at", "pk")
+        .values_list("pk", "owner_id", "submit_attempts", "status")
     )
+    queued, on_backend, waiting_in_comfy = [], Counter[int](), 0
+    for pk, owner_id, attempts, status in rows:
+        if status == S.QUEUED:
+            queued.append((pk, owner_id, attempts))
+        else:
+            on_backend[owner_id] += 1
+            waiting_in_comfy += status == S.SUBMITTED
     seen: Counter[int] = Counter()
     ranked = []
-    for age, (pk, owner_id, attempts) in enumerate(rows):
-        ranked.append((0 if attempts else 1, in_comfy[owner_id] + seen[owner_id], age, pk))
+    for age, (pk, owner_id, attempts) in enumerate(queued):
+        ranked.append((0 if attempts else 1, on_backend[owner_id] + seen[owner_id], age, pk))
         seen[owner_id] += 1
-    return [pk for *_, pk in sorted(ranked)]
+    return SiteQueue([pk for *_, pk in sorted(ranked)], on_backend, waiting_in_comfy)
+
+
+def fair_order() -> list[int]:
+    """Primary keys of all queued jobs, next to run first."""
+    return site_queue().order

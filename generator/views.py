@@ -35,18 +35,27 @@ def _workflow_from(request: HttpRequest, default: str = DEFAULT_WORKFLOW) -> Wor
         raise Http404("No such workflow") from None
 
 
-def _form(request: HttpRequest, workflow: Workflow, data=None, files=None, initial=None) -> GenerateForm:
+def _form(
+    request: HttpRequest,
+    workflow: Workflow,
+    catalog: backends.NodeCatalog,
+    data=None,
+    files=None,
+    initial=None,
+) -> GenerateForm:
     return GenerateForm(
         data,
         files,
         workflow=workflow,
-        object_info=backends.object_info(),
+        object_info=catalog.object_info,
         user=request.user,
         initial=initial or {},
     )
 
 
-def _form_context(request: HttpRequest, workflow: Workflow, form: GenerateForm) -> dict[str, Any]:
+def _form_context(
+    request: HttpRequest, workflow: Workflow, catalog: backends.NodeCatalog, form: GenerateForm
+) -> dict[str, Any]:
     source = form["source_image"].value()
     source_image = (
         visible_images(request.user).filter(pk=source).first() if str(source or "").isdigit() else None
@@ -54,8 +63,8 @@ def _form_context(request: HttpRequest, workflow: Workflow, form: GenerateForm) 
     return {
         "form": form,
         "workflow": workflow,
-        "workflows": [(w, backends.workflow_problems(w)) for w in all_workflows().values()],
-        "problems": backends.workflow_problems(workflow),
+        "workflows": [(w, catalog.problems(w)) for w in all_workflows().values()],
+        "problems": catalog.problems(workflow),
         "source_preview": source_image,
     }
 
@@ -85,7 +94,8 @@ def home(request: HttpRequest) -> HttpResponse:
         )[:RECENT_JOBS]
     )
     cards = render_cards(prompts)
-    context = _form_context(request, workflow, _form(request, workflow, initial=initial))
+    catalog = backends.node_catalog()
+    context = _form_context(request, workflow, catalog, _form(request, workflow, catalog, initial=initial))
     return render(request, "generator/home.html", {**context, "cards": cards})
 
 
@@ -93,18 +103,20 @@ def home(request: HttpRequest) -> HttpResponse:
 def generate_form(request: HttpRequest) -> HttpResponse:
     """The form for another workflow, swapped in when the user picks one."""
     workflow = _workflow_from(request)
+    catalog = backends.node_catalog()
     return render(
         request,
         "generator/partials/generate_form.html",
-        _form_context(request, workflow, _form(request, workflow)),
+        _form_context(request, workflow, catalog, _form(request, workflow, catalog)),
     )
 
 
 @require_POST
 def generate(request: HttpRequest) -> HttpResponse:
     workflow = _workflow_from(request)
-    form = _form(request, workflow, request.POST, request.FILES)
-    problems = backends.workflow_problems(workflow)
+    catalog = backends.node_catalog()
+    form = _form(request, workflow, catalog, request.POST, request.FILES)
+    problems = catalog.problems(workflow)
     if problems:
         form.add_error(None, f"{workflow.title} cannot run here: {'; '.join(problems)}.")
     if form.is_valid():
@@ -113,7 +125,7 @@ def generate(request: HttpRequest) -> HttpResponse:
             form.add_error(None, refusal)
     if problems or not form.is_valid():
         response = render(
-            request, "generator/partials/generate_form.html", _form_context(request, workflow, form)
+            request, "generator/partials/generate_form.html", _form_context(request, workflow, catalog, form)
         )
         # htmx swaps the form in place of itself, not a new card into the list.
         response["HX-Retarget"] = "#generate-form"
@@ -122,7 +134,8 @@ def generate(request: HttpRequest) -> HttpResponse:
     prompt = _create_prompt(request, workflow, form)
     _wake_bridge()
     positions = queue_positions([prompt])
-    return HttpResponse(render_card(prompt, position=positions.get(prompt.pk), catch_up=True))
+    # A job just created has no images: no query for them.
+    return HttpResponse(render_card(prompt, position=positions.get(prompt.pk), images=[], catch_up=True))
 
 
 def _create_prompt(request: HttpRequest, workflow: Workflow, form: GenerateForm) -> Prompt:

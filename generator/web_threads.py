@@ -9,6 +9,8 @@ serves more at once by running more processes (`uvicorn --workers N`), not more 
 
 The site's views are synchronous, so each request's middleware and view run in one crossing to
 its thread (an async view would still work: Django adapts it, at the cost of a crossing back).
+Since the threads last, so do their database connections (CONN_MAX_AGE): a request does not
+open one.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ class SharedThreadsASGIHandler(ASGIHandler):
         # the nine middlewares.
         self.load_middleware(is_async=False)
         # One call at a time per thread, as a thread-sensitive context requires.
-        executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}") for n in range(threads)]
-        self._executors = itertools.cycle(executors)
+        self.executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}") for n in range(threads)
+        ]
+        self._next_executor = itertools.cycle(self.executors)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
@@ -40,5 +44,5 @@ class SharedThreadsASGIHandler(ASGIHandler):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        async with ThreadSensitiveContext(executor=next(self._executors)):
+        async with ThreadSensitiveContext(executor=next(self._next_executor)):
             await self.handle(scope, receive, send)

@@ -343,7 +343,7 @@ class Bridge:
                 logger.warning("Bridge %s: job %s: output not fetched: %s", self.url, active.pk, error)
                 active.outputs_missing = True
                 return
-            await db(jobs.store_output)(active.pk, node_id, index, output.filename, data)
+            await db(jobs.store_output)(active.job, node_id, index, output.filename, data)
         if kept and not active.verdict_seen:  # else the final card, next, shows them
             await self._send_card(active)
 

@@ -1,7 +1,9 @@
 """The generation form: posting stores a job and answers with its card at once."""
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from generator.models import Prompt
@@ -56,6 +58,18 @@ def test_posting_the_form_queues_a_job_and_returns_its_card(user_client, user):
     assert f'id="prompt-{prompt.pk}"' in response.text
     assert 'data-status="queued"' in response.text
     assert "#1 in the queue" in response.text
+
+
+def test_posting_a_job_runs_the_same_few_queries_however_long_the_queue(user_client, other_user):
+    with CaptureQueriesContext(connection) as alone:
+        user_client.post(reverse("generate"), valid_data(), **HTMX)
+    for _ in range(30):
+        PromptFactory(owner=other_user)
+    with CaptureQueriesContext(connection) as behind_others:
+        response = user_client.post(reverse("generate"), valid_data(), **HTMX)
+
+    assert 'data-status="queued"' in response.text
+    assert len(behind_others) == len(alone) <= 8, [q["sql"] for q in behind_others]
 
 
 def test_an_empty_seed_means_random_and_the_drawn_seed_is_kept(user_client):

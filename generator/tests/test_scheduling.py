@@ -1,6 +1,8 @@
 """Fair scheduling: one user's long queue does not starve another user's job."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from generator.jobs import claim_next_job
 from generator.models import Prompt
@@ -20,6 +22,26 @@ def test_a_single_job_queued_after_fifty_starts_within_the_next_two_slots():
     started = [claim_next_job("http://gpu", on_demo_backend=False).job.pk for _ in range(2)]
 
     assert bobs.pk in started
+
+
+def claim_queries(queued: int) -> int:
+    users = UserFactory.create_batch(3)
+    for n in range(queued):
+        PromptFactory(owner=users[n % 3])
+    running = PromptFactory(owner=users[0])
+    running.transition_to(Prompt.Status.SUBMITTED)
+    running.transition_to(Prompt.Status.RUNNING)
+    with CaptureQueriesContext(connection) as queries:
+        assert claim_next_job("http://gpu", on_demo_backend=False) is not None
+    Prompt.objects.all().delete()
+    return len(queries)
+
+
+def test_claiming_a_job_runs_the_same_few_queries_however_long_the_queue():
+    # the queue with the jobs on GPUs, the candidates, their owners' limits, the claim itself;
+    # on PostgreSQL the row lock too, in a savepoint
+    expected = 5 + (3 if connection.features.has_select_for_update_skip_locked else 0)
+    assert claim_queries(queued=1) == claim_queries(queued=60) == expected
 
 
 def test_users_take_turns_and_each_users_jobs_keep_their_order():

@@ -5,7 +5,10 @@ import threading
 import time
 
 import httpx
+import pytest
 from django.contrib.auth.decorators import login_not_required
+from django.db import connection, connections
+from django.db.backends.signals import connection_created
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
@@ -18,7 +21,14 @@ def thread_name(request: HttpRequest) -> HttpResponse:
     return HttpResponse(threading.current_thread().name)
 
 
-urlpatterns = [path("thread/", thread_name)]
+@login_not_required
+def query(request: HttpRequest) -> HttpResponse:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return HttpResponse("ok")
+
+
+urlpatterns = [path("thread/", thread_name), path("query/", query)]
 
 
 async def test_twenty_requests_at_once_are_served_by_the_configured_threads(settings):
@@ -31,3 +41,29 @@ async def test_twenty_requests_at_once_are_served_by_the_configured_threads(sett
 
     assert {answer.status_code for answer in answers} == {200}
     assert len({answer.text for answer in answers}) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_requests_reuse_their_threads_database_connections(settings):
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["localhost"]
+    connections["default"].settings_dict["CONN_MAX_AGE"] = 600  # the site's default; tests use 0
+    opened = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(connection)
+
+    connection_created.connect(count)
+    handler = SharedThreadsASGIHandler(threads=2)
+    transport = httpx.ASGITransport(app=handler)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            answers = [await client.get("/query/") for _ in range(10)]
+    finally:
+        connection_created.disconnect(count)
+        connections["default"].settings_dict["CONN_MAX_AGE"] = 0
+        for executor in handler.executors:
+            await asyncio.wrap_future(executor.submit(connections.close_all))
+
+    assert {answer.status_code for answer in answers} == {200}
+    assert len(opened) == 2  # one per thread, not one per request
