@@ -16,7 +16,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .models import Backend, Prompt
+from .models import Backend
 from .workflows import Workflow
 
 BUNDLED_OBJECT_INFO = Path(__file__).resolve().parent / "comfy" / "data" / "object_info.json"
@@ -163,18 +163,15 @@ def healthy_backends(fresh_seconds: float) -> list[Backend]:
     return list(Backend.objects.filter(online=True, checked_at__gte=since))
 
 
-def has_least_work(url: str, *, depth: int, fresh_seconds: float) -> bool:
-    """Whether backend `url` should take the next job: no other healthy backend with room has
-    less work for its weight. Equal loads all take (they claim different jobs)."""
-    healthy = [b for b in healthy_backends(fresh_seconds) if b.url != url]
-    if not healthy:
-        return True
-    urls = [url, *(b.url for b in healthy)]
-    on_gpu = Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES, backend__in=urls)
-    load = Counter(on_gpu.values_list("backend", flat=True))
-    weight = Backend.objects.filter(url=url).values_list("weight", flat=True).first() or 1
-    mine = load[url] / weight
-    return not any(load[b.url] < depth and load[b.url] / max(1, b.weight) < mine for b in healthy)
+def has_least_work(url: str, *, depth: int, peers: list[Backend], load: Counter[str]) -> bool:
+    """Whether backend `url` should take the next job: no other healthy backend (of `peers`) with
+    room has less work for its weight. `load`: jobs handed to each backend. Equal loads all take
+    (they claim different jobs)."""
+    weight = next((b.weight for b in peers if b.url == url), 1)
+    mine = load[url] / max(1, weight)
+    return not any(
+        load[b.url] < depth and load[b.url] / max(1, b.weight) < mine for b in peers if b.url != url
+    )
 
 
 # -- health, for staff ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from .live import LIVE_TTL_SECONDS, LiveState, queue_positions, render_card, render_progress, save_live_state
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
-from .scheduling import site_queue
+from .scheduling import SiteQueue, site_queue
 from .workflows import WorkflowError, get_workflow
 
 logger = logging.getLogger(__name__)
@@ -75,17 +75,16 @@ class Submission:
         return self.graph
 
 
-def any_queued() -> bool:
-    return Prompt.objects.filter(status=S.QUEUED).exists()
-
-
-def claim_next_job(backend_url: str, *, on_demo_backend: bool) -> Submission | None:
+def claim_next_job(
+    backend_url: str, *, on_demo_backend: bool, queue: SiteQueue | None = None
+) -> Submission | None:
     """Move the next queued prompt to `submitted` on this backend; return what to send.
+    `queue`: the site's queue if just read.
 
     The row gets its ComfyUI prompt id before anything is sent, so a crash between the POST
     and our next write is found again by reconciliation.
     """
-    queue = site_queue()
+    queue = queue or site_queue()
     order = queue.order[:CANDIDATES]
     found = Prompt.objects.in_bulk(order)
     blocked_owners = users_at_running_limit(queue.on_backend) if order else set()

@@ -132,10 +132,11 @@ def generate(request: HttpRequest) -> HttpResponse:
         response["HX-Reswap"] = "outerHTML"
         return response
     prompt = _create_prompt(request, workflow, form)
-    _wake_bridge()
-    positions = queue_positions([prompt])
     # A job just created has no images: no query for them.
-    return HttpResponse(render_card(prompt, position=positions.get(prompt.pk), images=[], catch_up=True))
+    card = render_card(prompt, position=queue_positions([prompt]).get(prompt.pk), images=[], catch_up=True)
+    # Only now: the bridge claims the job while this thread is no longer busy rendering.
+    _wake_bridge()
+    return HttpResponse(card)
 
 
 def _create_prompt(request: HttpRequest, workflow: Workflow, form: GenerateForm) -> Prompt:

@@ -33,6 +33,7 @@ from django.utils import timezone
 from generator import backends, jobs
 from generator.live import BRIDGE_GROUP, LiveState, render_progress, save_live_state, user_group
 from generator.models import Backend, Prompt
+from generator.scheduling import site_queue
 from generator.workflows import Workflow, WorkflowError, all_workflows, get_workflow
 
 from .client import ComfyClient
@@ -154,6 +155,8 @@ class Bridge:
         self._state_work: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._outbox: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         self.positions_moved = asyncio.Event()
+        self._healthy: list[Backend] = []
+        self._healthy_read_at = -1e9
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -388,12 +391,21 @@ class Bridge:
             self.positions_moved.set()
 
     def _claim_next_job(self) -> jobs.Submission | None:
-        if not jobs.any_queued():  # the usual answer once the queue is empty: one cheap query
+        queue = site_queue()
+        if not queue.order:  # the usual answer once the queue is empty: one query
             return None
-        fresh_seconds = 3 * self.settings.health_seconds
-        if not backends.has_least_work(self.url, depth=self.settings.depth, fresh_seconds=fresh_seconds):
+        peers, load = self._healthy_backends(), queue.per_backend
+        if not backends.has_least_work(self.url, depth=self.settings.depth, peers=peers, load=load):
             return None  # another backend with room has less to do: it takes the next job
-        return jobs.claim_next_job(self.url, on_demo_backend=self.is_demo)
+        return jobs.claim_next_job(self.url, on_demo_backend=self.is_demo, queue=queue)
+
+    def _healthy_backends(self) -> list[Backend]:
+        """Read at most once a second: bridges report their health every few seconds anyway."""
+        now = time.monotonic()
+        if now - self._healthy_read_at >= 1.0:
+            self._healthy = backends.healthy_backends(fresh_seconds=3 * self.settings.health_seconds)
+            self._healthy_read_at = now
+        return self._healthy
 
     async def _submit(self, submission: jobs.Submission) -> bool:
         job, graph = submission.job, submission.graph

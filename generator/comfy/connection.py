@@ -91,6 +91,9 @@ class ComfyConnection:
                     ping_timeout=self.ping_timeout,
                     open_timeout=self.open_timeout,
                     max_size=64 * 1024 * 1024,
+                    # ComfyUI is on this machine or the LAN, and its biggest messages are
+                    # previews, already JPEG or PNG: deflate would cost both sides CPU for nothing.
+                    compression=None,
                 )
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as error:
                 logger.info(

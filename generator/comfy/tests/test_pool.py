@@ -16,6 +16,7 @@ from django.utils import timezone
 from generator.backends import (
     BackendConfig,
     has_least_work,
+    healthy_backends,
     parse_backend_urls,
     release_leases,
     renew_leases,
@@ -26,6 +27,7 @@ from generator.comfy.client import ComfyClient
 from generator.comfy.emulator import Emulator
 from generator.comfy.pool import BridgePool
 from generator.models import Backend, Prompt
+from generator.scheduling import site_queue
 from generator.tests.factories import PromptFactory, UserFactory
 
 from .test_bridge import new_job, wait_for_status
@@ -123,12 +125,16 @@ def jobs_on(url: str, count: int) -> None:
         PromptFactory().transition_to(S.SUBMITTED, backend=url)
 
 
+def takes_next_job(url: str, depth: int) -> bool:
+    return has_least_work(url, depth=depth, peers=healthy_backends(30), load=site_queue().per_backend)
+
+
 def test_the_next_job_goes_to_the_backend_with_the_least_work():
     online_backend("http://busy"), online_backend("http://idle")
     jobs_on("http://busy", 1)
 
-    assert not has_least_work("http://busy", depth=2, fresh_seconds=30)
-    assert has_least_work("http://idle", depth=2, fresh_seconds=30)
+    assert not takes_next_job("http://busy", depth=2)
+    assert takes_next_job("http://idle", depth=2)
 
 
 def test_work_is_weighed_by_each_backends_capacity():
@@ -136,8 +142,8 @@ def test_work_is_weighed_by_each_backends_capacity():
     jobs_on("http://big", 2)
     jobs_on("http://small", 1)
 
-    assert has_least_work("http://big", depth=4, fresh_seconds=30)  # 2/3 of its capacity < 1/1
-    assert not has_least_work("http://small", depth=4, fresh_seconds=30)
+    assert takes_next_job("http://big", depth=4)  # 2/3 of its capacity < 1/1
+    assert not takes_next_job("http://small", depth=4)
 
 
 def test_a_backend_whose_bridge_went_quiet_does_not_hold_jobs_back():
@@ -146,7 +152,7 @@ def test_a_backend_whose_bridge_went_quiet_does_not_hold_jobs_back():
     Backend.objects.filter(pk=quiet.pk).update(checked_at=timezone.now() - datetime.timedelta(minutes=5))
     jobs_on("http://busy", 1)
 
-    assert has_least_work("http://busy", depth=2, fresh_seconds=30)
+    assert takes_next_job("http://busy", depth=2)
 
 
 # -- bridges at work -----------------------------------------------------------------------------------
