@@ -9,6 +9,9 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import Count, IntegerField, Q, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from .models import GeneratedImage, Prompt, Quota
@@ -43,8 +46,12 @@ def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
     if limits.max_queued is None and limits.max_images_per_day is None:
         return None
     unfinished = Prompt.objects.filter(owner=user, status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES])
-    rows = list(unfinished.values_list("status", "params"))
-    waiting = sum(status == S.QUEUED for status, _ in rows)
+    # Counted by the database: a user may have hundreds of jobs waiting.
+    images_of_job = Coalesce(Cast(KT("params__batch_size"), IntegerField()), 1)
+    totals = unfinished.aggregate(
+        waiting=Count("pk", filter=Q(status=S.QUEUED)), images=Coalesce(Sum(images_of_job), 0)
+    )
+    waiting = totals["waiting"]
     if limits.max_queued is not None and waiting >= limits.max_queued:
         return (
             f"You already have {waiting} jobs waiting, the most you may queue at once. "
@@ -53,8 +60,7 @@ def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
     if limits.max_images_per_day is not None:
         since = timezone.now() - datetime.timedelta(days=1)
         made = GeneratedImage.objects.filter(owner=user, created_at__gte=since).count()
-        pending = sum(int(params.get("batch_size") or 1) for _, params in rows)
-        if made + pending + batch_size > limits.max_images_per_day:
+        if made + totals["images"] + batch_size > limits.max_images_per_day:
             return (
                 f"You have made {made} images in the last 24 hours (limit {limits.max_images_per_day}); "
                 "this job would pass the limit. Try again later."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from typing import Any
 
@@ -47,6 +48,7 @@ class Command(BaseCommand):
             settings=BridgeSettings(dead_seconds=settings.BACKEND_DEAD_SECONDS),
         )
         self.stdout.write(f"Bridge {pool.owner} for {', '.join(b.url for b in backends)} (Ctrl-C to stop)")
+        gc.freeze()  # as comfysite.asgi does: startup objects stay out of the collector's full passes
         asyncio.run(run_until_stopped(pool))
 
 
