@@ -81,7 +81,14 @@ class Tab:
         self.arrived = asyncio.Event()
 
     async def open(self) -> None:
-        self.http = httpx.AsyncClient(base_url=self.site, cookies={"sessionid": self.session}, timeout=60)
+        self.http = httpx.AsyncClient(
+            base_url=self.site,
+            cookies={"sessionid": self.session},
+            timeout=60,
+            # uvicorn closes a connection idle for 5 s, httpx's default reuse limit: a post on
+            # a connection closing just then failed (browsers retry; httpx does not).
+            limits=httpx.Limits(keepalive_expiry=2),
+        )
         response = await self.http.get("/")  # sets the CSRF cookie
         assert response.status_code == 200, response.status_code
         header = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
