@@ -96,6 +96,7 @@ class ActiveJob:
     last_event: float = field(default_factory=time.monotonic)
     last_progress_sent: float = 0.0
     last_preview_sent: float = 0.0
+    last_live_saved: float = 0.0
     started: bool = False
     verdict_seen: bool = False  # ComfyUI said it ended; its final card follows the imports
     outputs_missing: bool = False  # an output could not be fetched: not succeeded yet
@@ -117,6 +118,7 @@ class BridgeSettings:
     silence_seconds: float = 120.0  # a running job with no event this long is reconciled
     preview_interval: float = 0.25  # at most four live previews a second per job
     progress_interval: float = 0.05
+    live_save_interval: float = 0.5  # a tab that connects mid-job is shown a state this fresh
     positions_interval: float = 1.0  # queue places are told at most once a second
     health_seconds: float = 5.0  # /system_stats this often; the row's checked_at is our heartbeat
     dead_seconds: float = 60.0  # unreachable this long: its jobs go back to the queue for others
@@ -632,8 +634,11 @@ class Bridge:
             return
         active.last_progress_sent = now
         active.live.progress = active.overall_progress()
-        # The cache may be Redis: store the snapshot off the event loop, in event order.
-        self._later(functools.partial(db(save_live_state), active.pk, dataclasses.replace(active.live)))
+        if now - active.last_live_saved >= self.settings.live_save_interval:
+            # For tabs that connect later; the final state is saved with the job's last card.
+            # The cache may be Redis: stored off the event loop, in event order.
+            active.last_live_saved = now
+            self._later(functools.partial(db(save_live_state), active.pk, dataclasses.replace(active.live)))
         # Rendered from what the bridge knows: no database read on the hottest path.
         status = S.RUNNING if active.started else S.SUBMITTED
         self._relay(
