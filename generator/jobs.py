@@ -66,6 +66,7 @@ class Submission:
     graph: dict[str, Any]
     image: bytes | None = None
     image_input: tuple[str, str] | None = None  # (node id, input name) that names the upload
+    others_waiting: bool = True  # whether other jobs were queued behind it when it was claimed
 
     def with_uploaded_image(self, name: str) -> dict[str, Any]:
         if self.image_input is None:
@@ -100,12 +101,14 @@ def claim_next_job(
             continue
         values = {**prompt.params, "prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
         graph = workflow.fill(values, filename_prefix=f"comfysite/job{prompt.pk}")
+        others_waiting = len(queue.order) > 1
         image_parameter = workflow.parameters.get("image")
         if image_parameter is None or not prompt.source_image:
-            return Submission(_job(prompt), graph)
+            return Submission(_job(prompt), graph, others_waiting=others_waiting)
         with prompt.source_image.open("rb") as handle:
             image = handle.read()
-        return Submission(_job(prompt), graph, image, (image_parameter.node_id, image_parameter.input_name))
+        image_input = (image_parameter.node_id, image_parameter.input_name)
+        return Submission(_job(prompt), graph, image, image_input, others_waiting)
     return None
 
 

@@ -389,6 +389,8 @@ class Bridge:
             if not submitted:
                 break
             submitted_any = True
+            if not claimed.others_waiting:  # the queue is empty: a new job will wake us
+                break
         if submitted_any:
             self.positions_moved.set()
 
