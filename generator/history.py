@@ -276,7 +276,7 @@ def staff_overview(request: HttpRequest) -> HttpResponse:
     }
     backends = [
         {"backend": backend, "health": backend_health(backend), "jobs": jobs_by_backend.get(backend.url, {})}
-        for backend in Backend.objects.all()
+        for backend in Backend.objects.defer("object_info", "node_classes")
     ]
     context = {
         "by_status": [(label, by_status.get(value, 0)) for value, label in S.choices],

@@ -187,8 +187,10 @@ def unsubmit(pk: int) -> None:
         Prompt.objects.filter(pk=pk).update(submit_attempts=F("submit_attempts") - 1)
 
 
-def has_output(pk: int, node_id: str, index: int) -> bool:
-    return GeneratedImage.objects.filter(prompt_id=pk, node_id=node_id, output_index=index).exists()
+def stored_output_indexes(pk: int, node_id: str) -> set[int]:
+    """Which outputs of node `node_id` of job `pk` are stored already."""
+    stored = GeneratedImage.objects.filter(prompt_id=pk, node_id=node_id)
+    return set(stored.values_list("output_index", flat=True))
 
 
 def _thumbnail(data: bytes) -> tuple[bytes | None, int | None, int | None]:
@@ -263,18 +265,18 @@ def moved_queue_places() -> list[tuple[int, str]]:
     The places last told are kept in the cache, so that every bridge, in this process or
     another, tells each change once; and a user's lines travel together, not one per job.
     """
-    prompts = list(
-        Prompt.objects.filter(status=S.QUEUED).only("pk", "owner_id", "status", "cancel_requested_at")
-    )
-    if not prompts:
+    places = site_queue().places()
+    if not places:
         return []
-    positions = queue_positions(prompts)
-    told = cache.get_many([place_key(p.pk) for p in prompts])
-    moved = [p for p in prompts if worth_telling(told.get(place_key(p.pk)), positions.get(p.pk))]
-    cache.set_many({place_key(p.pk): positions.get(p.pk) for p in moved}, LIVE_TTL_SECONDS)
+    told = cache.get_many([place_key(pk) for pk in places])
+    moved = {pk: place for pk, place in places.items() if worth_telling(told.get(place_key(pk)), place)}
+    cache.set_many({place_key(pk): place for pk, place in moved.items()}, LIVE_TTL_SECONDS)
+    prompts = Prompt.objects.filter(pk__in=moved, status=S.QUEUED).only(
+        "pk", "owner_id", "status", "cancel_requested_at"
+    )
     lines: dict[int, list[str]] = {}
-    for prompt in moved:
-        line = render_progress(prompt, live=LiveState(), position=positions.get(prompt.pk))
+    for prompt in prompts:
+        line = render_progress(prompt, live=LiveState(), position=moved[prompt.pk])
         lines.setdefault(prompt.owner_id, []).append(line)
     return [(owner_id, "".join(html)) for owner_id, html in lines.items()]
 

@@ -60,10 +60,7 @@ def queue_positions(prompts: list[Prompt]) -> dict[int, int]:
     wanted = {p.pk for p in prompts if p.status == Prompt.Status.QUEUED}
     if not wanted:
         return {}
-    queue = site_queue()
-    return {
-        pk: queue.waiting_in_comfy + place for place, pk in enumerate(queue.order, start=1) if pk in wanted
-    }
+    return {pk: place for pk, place in site_queue().places().items() if pk in wanted}
 
 
 def card_context(
@@ -74,13 +71,15 @@ def card_context(
     images: list[GeneratedImage] | None = None,
 ) -> dict[str, Any]:
     live = live or LiveState()
+    if images is None:
+        images = list(prompt.images.all()) if prompt.pk else []
     if prompt.cancel_requested_at is not None and not live.cancelling:
         live = replace(live, cancelling=True)
     return {
         "prompt": prompt,
         "live": live,
         "position": position,
-        "images": list(prompt.images.all()) if images is None and prompt.pk else images or [],
+        "images": images,
     }
 
 

@@ -43,7 +43,6 @@ class Backend(models.Model):
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     system_stats = models.JSONField(default=dict, blank=True)
-    queue_remaining = models.PositiveIntegerField(default=0)
     # Only the node classes our workflows use, plus every node class name: enough for forms
     # and availability checks without loading ComfyUI's multi-megabyte /object_info per page.
     object_info = models.JSONField(default=dict, blank=True)

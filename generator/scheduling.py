@@ -25,6 +25,10 @@ class SiteQueue:
     waiting_in_comfy: int  # jobs handed to ComfyUI that have not started: ahead of every queued one
     per_backend: Counter[str]  # backend URL → jobs handed to it
 
+    def places(self) -> dict[int, int]:
+        """1-based place of each queued job (jobs waiting in ComfyUI count first)."""
+        return {pk: self.waiting_in_comfy + place for place, pk in enumerate(self.order, start=1)}
+
 
 def site_queue() -> SiteQueue:
     rows = (

@@ -60,11 +60,12 @@ def _form_context(
     source_image = (
         visible_images(request.user).filter(pk=source).first() if str(source or "").isdigit() else None
     )
+    problems = {name: catalog.problems(w) for name, w in all_workflows().items()}
     return {
         "form": form,
         "workflow": workflow,
-        "workflows": [(w, catalog.problems(w)) for w in all_workflows().values()],
-        "problems": catalog.problems(workflow),
+        "workflows": [(w, problems[name]) for name, w in all_workflows().items()],
+        "problems": problems[workflow.name],
         "source_preview": source_image,
     }
 

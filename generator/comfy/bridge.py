@@ -332,8 +332,9 @@ class Bridge:
 
     async def _import_outputs(self, active: ActiveJob, node_id: str, files: Any) -> None:
         kept = [f for f in files if f.type == "output"]  # temp/preview outputs are not kept
+        stored = await db(jobs.stored_output_indexes)(active.pk, node_id) if kept else set()
         for index, output in enumerate(kept):
-            if await db(jobs.has_output)(active.pk, node_id, index):
+            if index in stored:
                 continue
             try:
                 data = await self.client.view(output)
