@@ -1,6 +1,5 @@
 """ASGI entry point: HTTP through Django, websockets through the Channels router."""
 
-import gc
 import os
 
 import django
@@ -27,7 +26,6 @@ application = ProtocolTypeRouter(
     }
 )
 
-# What is loaded by now lives as long as the process. Kept out of the garbage collector's full
-# passes, which stop every thread (the relay of progress to browsers included): with it, a full
-# pass in `manage.py serve` took 30-45 ms under load; without it, a fraction of that.
-gc.freeze()
+from comfysite.runtime import prepare_long_running_process  # noqa: E402
+
+prepare_long_running_process()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from comfysite.runtime import prepare_long_running_process
 from generator.backends import parse_backend_urls
 from generator.comfy.bridge import BridgeSettings
 from generator.comfy.pool import BridgePool
@@ -48,7 +48,7 @@ class Command(BaseCommand):
             settings=BridgeSettings(dead_seconds=settings.BACKEND_DEAD_SECONDS),
         )
         self.stdout.write(f"Bridge {pool.owner} for {', '.join(b.url for b in backends)} (Ctrl-C to stop)")
-        gc.freeze()  # as comfysite.asgi does: startup objects stay out of the collector's full passes
+        prepare_long_running_process()
         asyncio.run(run_until_stopped(pool))
 
 
