@@ -395,7 +395,7 @@ async def test_a_failing_comfyui_is_backend_unreachable(emulator, comfy):
 
 async def test_a_slow_view_times_out_as_unreachable(emulator):
     emulator.faults.view_delay = 1.0
-    async with ComfyClient(emulator.url, view_timeout=httpx.Timeout(0.2)) as comfy:
+    async with ComfyClient(emulator.url, view_timeout=0.2) as comfy:
         prompt_id = str(uuid.uuid4())
         await comfy.queue_prompt(small_txt2img(), prompt_id=prompt_id, client_id="site")
         entry = await finished(comfy, prompt_id)

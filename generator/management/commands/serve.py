@@ -12,25 +12,26 @@ import contextlib
 import logging
 from typing import Any
 
-import httpx
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from generator.backends import BackendConfig, parse_backend_urls
 from generator.comfy.bridge import BridgeSettings
+from generator.comfy.client import ComfyClient
+from generator.comfy.errors import ComfyError
 from generator.comfy.pool import BridgePool
 
 logger = logging.getLogger(__name__)
 
 
 async def comfyui_answers(url: str) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            response = await client.get(f"{url}/system_stats")
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200
+    async with ComfyClient(url, timeout=1.0) as comfy:
+        try:
+            await comfy.system_stats()
+        except ComfyError:
+            return False
+    return True
 
 
 class Command(BaseCommand):
