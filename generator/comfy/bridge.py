@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -155,7 +156,9 @@ class Bridge:
         self.layer = get_channel_layer()
         self._tasks: list[asyncio.Task] = []
         self._state_work: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
-        self._outbox: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self._outbox: collections.deque[tuple[int, str]] = collections.deque()
+        self._outbox_filled = asyncio.Event()
+        self._sending = asyncio.Lock()  # one sender at a time keeps a user's fragments in order
         self.positions_moved = asyncio.Event()
         self._healthy: list[Backend] = []
         self._healthy_read_at = -1e9
@@ -210,6 +213,10 @@ class Bridge:
                 self.handle_event(event)
             except Exception:  # one bad event must not stop the bridge
                 logger.exception("Bridge %s: failed to handle %r", self.url, type(event).__name__)
+            # What the event relayed goes out now, not at the outbox task's next turn: with the
+            # in-memory layer it reaches the tabs' consumers without another pass of the loop,
+            # each of which can wait for the GIL behind a web thread.
+            await self._send_relayed()
             # ComfyUI's messages come in bursts the socket hands over without pausing; yield so
             # what was just relayed goes out before the rest of the burst is worked through.
             await asyncio.sleep(0)
@@ -620,16 +627,25 @@ class Bridge:
         self._relay(owner_id, html)
 
     def _relay(self, owner_id: int, html: str) -> None:
-        """Queue a fragment for the owner's tabs; one sender keeps them in order."""
-        self._outbox.put_nowait((owner_id, html))
+        """Queue a fragment for the owner's tabs; fragments go out in the order queued."""
+        self._outbox.append((owner_id, html))
+        self._outbox_filled.set()
+
+    async def _send_relayed(self) -> None:
+        async with self._sending:
+            while self._outbox:
+                owner_id, html = self._outbox.popleft()
+                try:
+                    await self.layer.group_send(user_group(owner_id), {"type": "job.html", "html": html})
+                except Exception:
+                    logger.exception("Bridge %s: relay to user %s failed", self.url, owner_id)
 
     async def _run_outbox(self) -> None:
+        """Sends what the other tasks relay (cards, queue places); the event consumer sends its own."""
         while True:
-            owner_id, html = await self._outbox.get()
-            try:
-                await self.layer.group_send(user_group(owner_id), {"type": "job.html", "html": html})
-            except Exception:
-                logger.exception("Bridge %s: relay to user %s failed", self.url, owner_id)
+            await self._outbox_filled.wait()
+            self._outbox_filled.clear()
+            await self._send_relayed()
 
     def _relay_progress(self, active: ActiveJob, *, force: bool = False) -> None:
         now = time.monotonic()

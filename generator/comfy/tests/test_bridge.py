@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from django.test import Client
 
 from generator.comfy.bridge import Bridge, BridgeSettings
 from generator.comfy.client import ComfyClient
+from generator.comfy.emulator import Emulator
 from generator.comfy.errors import NotFound
 from generator.consumers import JobsConsumer
 from generator.models import GeneratedImage, Prompt
@@ -118,6 +120,29 @@ async def test_a_job_runs_to_success_and_only_its_owner_sees_it(emulator):
     assert await theirs.receive_nothing(timeout=0.3)
     await mine.disconnect()
     await theirs.disconnect()
+
+
+STEP_LINE = re.compile(r"step (\d+)/(\d+)")
+
+
+async def test_a_tab_sees_every_step_in_order_and_the_finished_card_last():
+    owner = await sync_to_async(UserFactory)()
+    tab = await listen(owner)
+    job = await new_job(owner, steps=4)
+
+    # Steps slower than the relay's throttle, so that each one is sent.
+    async with Emulator(step_seconds=0.08) as emulator, running_bridge(emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.SUCCEEDED)
+        fragments = await drain(tab)
+
+    steps = [int(m.group(1)) for f in fragments for m in STEP_LINE.finditer(f) if m.group(2) == "4"]
+    assert steps == [1, 2, 3, 4]
+    finished = [n for n, f in enumerate(fragments) if 'data-status="succeeded"' in f]
+    stepped = [n for n, f in enumerate(fragments) if STEP_LINE.search(f)]
+    assert finished
+    assert finished[0] > stepped[-1]
+    await tab.disconnect()
 
 
 async def test_stored_images_are_byte_identical_to_what_comfyui_serves(emulator):
