@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import websockets
 from django.test import Client
 
@@ -81,17 +81,23 @@ class Tab:
         self.arrived = asyncio.Event()
 
     async def open(self) -> None:
-        self.http = httpx.AsyncClient(
+        # aiohttp, not httpx: the tabs share this process, and a post through httpx costs several
+        # times the CPU. Fifty posts at once through httpx kept this process from reading the
+        # fragments that had arrived, and the wait was counted as the site's relay latency.
+        self.http = aiohttp.ClientSession(
             base_url=self.site,
-            cookies={"sessionid": self.session},
-            timeout=60,
-            # uvicorn closes a connection idle for 5 s, httpx's default reuse limit: a post on
-            # a connection closing just then failed (browsers retry; httpx does not).
-            limits=httpx.Limits(keepalive_expiry=2),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # keeps cookies of an IP address host
+            timeout=aiohttp.ClientTimeout(total=60),
+            # uvicorn closes a connection idle for 5 s: a post on a connection closing just then
+            # failed (browsers retry; a bench client does not).
+            connector=aiohttp.TCPConnector(keepalive_timeout=2),
         )
-        response = await self.http.get("/")  # sets the CSRF cookie
-        assert response.status_code == 200, response.status_code
-        header = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+        self.http.cookie_jar.update_cookies({"sessionid": self.session})
+        async with self.http.get("/") as response:  # sets the CSRF cookie
+            assert response.status == 200, response.status
+        cookies = {cookie.key: cookie.value for cookie in self.http.cookie_jar}
+        self.csrf_token = cookies["csrftoken"]
+        header = "; ".join(f"{key}={value}" for key, value in cookies.items())
         self.socket = await websockets.connect(
             self.site.replace("http", "ws") + "/ws/jobs/",
             additional_headers={"Cookie": header, "Origin": self.site},
@@ -115,13 +121,14 @@ class Tab:
     async def generate(self, prompt: str) -> tuple[int, float]:
         """Post the form; the new job and when the post started."""
         started = time.perf_counter()
-        response = await self.http.post(
+        async with self.http.post(
             "/generate/",
             data={**self.job, "prompt": prompt},
-            headers={"X-CSRFToken": self.http.cookies["csrftoken"], "HX-Request": "true"},
-        )
-        card = CARD_RE.search(response.text)
-        assert card, response.text[:1000]
+            headers={"X-CSRFToken": self.csrf_token, "HX-Request": "true"},
+        ) as response:
+            text = await response.text()
+        card = CARD_RE.search(text)
+        assert card, text[:1000]
         return int(card.group(1)), started
 
     async def finished_at(self, pk: int, within: float = 120) -> float:
@@ -139,7 +146,7 @@ class Tab:
     async def close(self) -> None:
         await self.socket.close()
         self.reader.cancel()
-        await self.http.aclose()
+        await self.http.close()
 
 
 async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[tuple[float, float]]:
