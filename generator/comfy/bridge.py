@@ -216,10 +216,12 @@ class Bridge:
             # What the event relayed goes out now, not at the outbox task's next turn: with the
             # in-memory layer it reaches the tabs' consumers without another pass of the loop,
             # each of which can wait for the GIL behind a web thread.
-            await self._send_relayed()
-            # ComfyUI's messages come in bursts the socket hands over without pausing; yield so
-            # what was just relayed goes out before the rest of the burst is worked through.
-            await asyncio.sleep(0)
+            if await self._send_relayed():
+                # ComfyUI's messages come in bursts the socket hands over without pausing; yield
+                # so the tabs' consumers deliver what was just relayed before the rest of the
+                # burst is worked through. Only then: a yield for each of a burst's messages
+                # made the last of them wait a pass of the loop per message before it.
+                await asyncio.sleep(0)
 
     def handle_event(self, event: Any) -> None:
         """Relay what can be relayed at once; queue what touches the database, in order.
@@ -631,7 +633,10 @@ class Bridge:
         self._outbox.append((owner_id, html))
         self._outbox_filled.set()
 
-    async def _send_relayed(self) -> None:
+    async def _send_relayed(self) -> bool:
+        """Send what is queued; whether there was anything."""
+        if not self._outbox:
+            return False
         async with self._sending:
             while self._outbox:
                 owner_id, html = self._outbox.popleft()
@@ -639,6 +644,7 @@ class Bridge:
                     await self.layer.group_send(user_group(owner_id), {"type": "job.html", "html": html})
                 except Exception:
                     logger.exception("Bridge %s: relay to user %s failed", self.url, owner_id)
+        return True
 
     async def _run_outbox(self) -> None:
         """Sends what the other tasks relay (cards, queue places); the event consumer sends its own."""
