@@ -227,6 +227,8 @@ class WebProcess:
                 str(self.port),
                 "--lifespan",
                 "off",
+                "--ws-per-message-deflate",
+                "false",  # as the README's production command
                 "--log-level",
                 "warning",
             ],
