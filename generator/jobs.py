@@ -270,7 +270,7 @@ def moved_queue_places() -> list[tuple[int, str]]:
         return []
     told = cache.get_many([place_key(pk) for pk in places])
     moved = {pk: place for pk, place in places.items() if worth_telling(told.get(place_key(pk)), place)}
-    cache.set_many({place_key(pk): place for pk, place in moved.items()}, LIVE_TTL_SECONDS)
+    note_places_told(moved)
     prompts = Prompt.objects.filter(pk__in=moved, status=S.QUEUED).only(
         "pk", "owner_id", "status", "cancel_requested_at"
     )
@@ -294,3 +294,9 @@ def worth_telling(told: int | None, place: int | None) -> bool:
 
 def place_key(prompt_id: int) -> str:
     return f"job-place:{prompt_id}"
+
+
+def note_places_told(places: dict[int, int]) -> None:
+    """Queue places the owners now see (by prompt id): the queue's next move tells only changes."""
+    if places:
+        cache.set_many({place_key(pk): place for pk, place in places.items()}, LIVE_TTL_SECONDS)

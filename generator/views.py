@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from . import backends
 from .forms import GenerateForm
 from .history import visible_images
+from .jobs import note_places_told
 from .live import BRIDGE_GROUP, queue_positions, render_card, render_cards
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import refusal_for_new_job
@@ -133,8 +134,11 @@ def generate(request: HttpRequest) -> HttpResponse:
         response["HX-Reswap"] = "outerHTML"
         return response
     prompt = _create_prompt(request, workflow, form)
+    position = queue_positions([prompt]).get(prompt.pk)
     # A job just created has no images: no query for them.
-    card = render_card(prompt, position=queue_positions([prompt]).get(prompt.pk), images=[], catch_up=True)
+    card = render_card(prompt, position=position, images=[], catch_up=True)
+    if position is not None:  # the card shows it: the bridge need not tell it again
+        note_places_told({prompt.pk: position})
     # Only now: the bridge claims the job while this thread is no longer busy rendering.
     _wake_bridge()
     return HttpResponse(card)

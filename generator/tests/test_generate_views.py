@@ -34,6 +34,20 @@ def valid_data(**overrides):
     }
 
 
+def test_the_place_a_new_card_shows_is_not_told_again_until_it_moves(user_client):
+    from generator.jobs import moved_queue_places
+
+    first = user_client.post(reverse("generate"), valid_data(), **HTMX)
+    second = user_client.post(reverse("generate"), valid_data(prompt="a second one"), **HTMX)
+    assert "#1 in the queue" in first.text
+    assert "#2 in the queue" in second.text
+    assert moved_queue_places() == []  # the cards said so already
+
+    Prompt.objects.earliest("pk").transition_to(Prompt.Status.CANCELLED)
+    [(_, told)] = moved_queue_places()
+    assert "#1 in the queue" in told
+
+
 def test_the_home_page_shows_the_form_with_choices_from_comfyui(user_client):
     response = user_client.get(reverse("home"))
 
