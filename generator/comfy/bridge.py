@@ -136,6 +136,7 @@ class Bridge:
         client_id: str | None = None,
         settings: BridgeSettings | None = None,
         lease_owner: str = "",
+        places_lock: asyncio.Lock | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.label = label
@@ -160,6 +161,9 @@ class Bridge:
         self._outbox_filled = asyncio.Event()
         self._sending = asyncio.Lock()  # one sender at a time keeps a user's fragments in order
         self.positions_moved = asyncio.Event()
+        # Shared by the bridges of a process: the queue and the places last told are the site's,
+        # and two bridges working them out at once both told each move.
+        self.places_lock = places_lock or asyncio.Lock()
         self._healthy: list[Backend] = []
         self._healthy_read_at = -1e9
 
@@ -678,7 +682,8 @@ class Bridge:
             await self.positions_moved.wait()
             self.positions_moved.clear()
             try:
-                changed = await db(jobs.moved_queue_places)()
+                async with self.places_lock:
+                    changed = await db(jobs.moved_queue_places)()
             except Exception:
                 logger.exception("Bridge %s: queue places not sent", self.url)
             else:

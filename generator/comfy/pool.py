@@ -48,6 +48,7 @@ class BridgePool:
         self.demo_urls = demo_urls
         self.owner = owner or process_name()
         self.bridges: dict[str, tuple[Bridge, asyncio.Task]] = {}
+        self.places_lock = asyncio.Lock()  # one bridge at a time tells the queue's moves
 
     async def run(self) -> None:
         """Drive backends until cancelled; then hand their leases back at once."""
@@ -94,6 +95,7 @@ class BridgePool:
             is_demo=is_demo,
             settings=self.settings,
             lease_owner=self.owner,
+            places_lock=self.places_lock,
         )
         self.bridges[config.url] = (bridge, asyncio.create_task(bridge.run(), name=f"bridge {config.url}"))
 
