@@ -18,7 +18,7 @@ import aiohttp
 from .errors import BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
 from .events import HistoryEntry, OutputFile, parse_history
 
-CONNECT_SECONDS = 3.0
+CONNECT_SECONDS = 3.0  # name lookup, a free connection and the TCP connect
 DEFAULT_TIMEOUT = 10.0  # seconds without a byte from ComfyUI
 VIEW_TIMEOUT = 60.0  # large outputs (videos) take a while
 
@@ -102,7 +102,13 @@ class ComfyClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # ComfyUI is ours to talk to: no proxy from the environment, no cookies kept.
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                # Idle connections are dropped before a proxy in front of ComfyUI would close them
+                # (a POST on a connection closing just then fails; nothing retries it).
+                connector=aiohttp.TCPConnector(keepalive_timeout=4),
+            )
         return self._session
 
     async def _request(
@@ -112,7 +118,7 @@ class ComfyClient:
         # No byte for this long is a ComfyUI that does not answer; a long answer that keeps coming
         # (a big output) is not cut short.
         read = self.timeout if read_seconds is None else read_seconds
-        limits = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=read)
+        limits = aiohttp.ClientTimeout(total=None, connect=CONNECT_SECONDS, sock_read=read)
         try:
             async with self._http().request(
                 method, self.base_url + path, timeout=limits, **kwargs
@@ -224,7 +230,7 @@ class ComfyClient:
         ComfyUI keeps the name when the same bytes are already there and renames ("x (1).png")
         when other bytes are; use the answer's `load_image_value`, never `filename`.
         """
-        form = aiohttp.FormData()
+        form = aiohttp.FormData(quote_fields=False)  # the name as it is: ComfyUI does not unquote it
         form.add_field("type", image_type)
         form.add_field("subfolder", subfolder)
         form.add_field("overwrite", "true" if overwrite else "false")

@@ -338,6 +338,15 @@ async def test_upload_image_returns_the_name_load_image_takes(comfy):
     assert await comfy.view(OutputFile("input.png", "site", "input")) == image
 
 
+async def test_an_upload_keeps_a_name_with_spaces_and_accents(comfy):
+    image = (SAMPLES / "img2img_input.png").read_bytes()
+
+    stored = await comfy.upload_image(image, "my café photo.png", overwrite=True)
+
+    assert stored.load_image_value == "my café photo.png"
+    assert await comfy.view(OutputFile("my café photo.png", "", "input")) == image
+
+
 async def test_an_upload_into_a_folder_outside_the_input_folder_is_refused(comfy):
     with pytest.raises(ComfyError, match="refused the upload"):
         await comfy.upload_image(b"png", "x.png", subfolder="../outside")
