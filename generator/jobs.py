@@ -270,7 +270,7 @@ def moved_queue_places() -> list[tuple[int, str]]:
         return []
     told = cache.get_many([place_key(pk) for pk in places])
     moved = {pk: place for pk, place in places.items() if worth_telling(told.get(place_key(pk)), place)}
-    note_places_told(moved)
+    cache.set_many({place_key(pk): place for pk, place in moved.items()}, LIVE_TTL_SECONDS)
     prompts = Prompt.objects.filter(pk__in=moved, status=S.QUEUED).only(
         "pk", "owner_id", "status", "cancel_requested_at"
     )
@@ -296,7 +296,7 @@ def place_key(prompt_id: int) -> str:
     return f"job-place:{prompt_id}"
 
 
-def note_places_told(places: dict[int, int]) -> None:
-    """Queue places the owners now see (by prompt id): the queue's next move tells only changes."""
-    if places:
-        cache.set_many({place_key(pk): place for pk, place in places.items()}, LIVE_TTL_SECONDS)
+def note_place_shown(prompt_id: int, place: int) -> None:
+    """The place the card of a job just posted shows: the queue's next move tells only a change.
+    Added, not set: a bridge may have told a newer place since the card was rendered."""
+    cache.add(place_key(prompt_id), place, LIVE_TTL_SECONDS)

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from . import backends
 from .forms import GenerateForm
 from .history import visible_images
-from .jobs import note_places_told
+from .jobs import note_place_shown
 from .live import BRIDGE_GROUP, queue_positions, render_card, render_cards
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import refusal_for_new_job
@@ -138,7 +138,7 @@ def generate(request: HttpRequest) -> HttpResponse:
     # A job just created has no images: no query for them.
     card = render_card(prompt, position=position, images=[], catch_up=True)
     if position is not None:  # the card shows it: the bridge need not tell it again
-        note_places_told({prompt.pk: position})
+        note_place_shown(prompt.pk, position)
     # Only now: the bridge claims the job while this thread is no longer busy rendering.
     _wake_bridge()
     return HttpResponse(card)

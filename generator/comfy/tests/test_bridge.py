@@ -130,19 +130,50 @@ async def test_a_tab_sees_every_step_in_order_and_the_finished_card_last():
     tab = await listen(owner)
     job = await new_job(owner, steps=4)
 
-    # Steps slower than the relay's throttle, so that each one is sent.
-    async with Emulator(step_seconds=0.08) as emulator, running_bridge(emulator.url) as bridge:
+    async with (
+        Emulator(step_seconds=0.05) as emulator,
+        running_bridge(emulator.url, progress_interval=0) as bridge,
+    ):
         bridge.wake.set()
         await wait_for_status(job.pk, S.SUCCEEDED)
         fragments = await drain(tab)
 
-    steps = [int(m.group(1)) for f in fragments for m in STEP_LINE.finditer(f) if m.group(2) == "4"]
+    progress = [n for n, f in enumerate(fragments) if f.startswith('<div class="job-progress"')]
+    steps = [int(m.group(1)) for n in progress for m in STEP_LINE.finditer(fragments[n]) if m.group(2) == "4"]
     assert steps == [1, 2, 3, 4]
     finished = [n for n, f in enumerate(fragments) if 'data-status="succeeded"' in f]
-    stepped = [n for n, f in enumerate(fragments) if STEP_LINE.search(f)]
     assert finished
-    assert finished[0] > stepped[-1]
+    assert finished[0] > progress[-1]
     await tab.disconnect()
+
+
+class SlowLayer:
+    """A channel layer whose first send takes longest, as a busy Redis might."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.delays = iter([0.05, 0.001, 0.001, 0.001])
+
+    async def group_send(self, group: str, message: dict) -> None:
+        await asyncio.sleep(next(self.delays))
+        self.delivered.append(message["html"])
+
+
+async def test_fragments_relayed_from_two_tasks_are_delivered_in_the_order_relayed():
+    bridge = Bridge("http://127.0.0.1:9")
+    bridge.layer = SlowLayer()
+    outbox = asyncio.create_task(bridge._run_outbox())
+
+    bridge._relay(1, "running card")  # from the state worker: the outbox task sends it...
+    await asyncio.sleep(0.01)  # ...and is still at it when
+    bridge._relay(1, "step 1")  # the event consumer relays and sends its own
+    await bridge._send_relayed()
+    bridge._relay(1, "finished card")
+    bridge._relay(1, "step 2")
+    await bridge._send_relayed()
+    outbox.cancel()
+
+    assert bridge.layer.delivered == ["running card", "step 1", "finished card", "step 2"]
 
 
 async def test_stored_images_are_byte_identical_to_what_comfyui_serves(emulator):
