@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,6 @@ import django  # noqa: E402
 django.setup()
 
 import aiohttp  # noqa: E402
-import httpx  # noqa: E402
 import websockets  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -58,6 +58,7 @@ from bench.common import (  # noqa: E402
     session_cookie,
     small_job,
 )
+from generator.comfy.client import ComfyClient  # noqa: E402
 from generator.models import Backend  # noqa: E402
 
 SMALL_JOB = small_job(steps=8)
@@ -106,12 +107,13 @@ async def direct_job_seconds(emulator: EmulatorProcess, rounds: int) -> list[flo
     durations = []
     async with websockets.connect(emulator.url.replace("http", "ws") + "/ws?clientId=direct") as ws:
         await ws.recv()
-        async with aiohttp.ClientSession(emulator.url) as http:  # the tabs' client, for a fair difference
+        async with ComfyClient(emulator.url) as comfy:  # the bridge's own client, for a fair difference
             for n in range(rounds):
                 graph["3"]["inputs"]["seed"] = n + 10_000
                 started = time.perf_counter()
-                async with http.post("/prompt", json={"prompt": graph, "client_id": "direct"}) as response:
-                    prompt_id = (await response.json())["prompt_id"]
+                prompt_id = (
+                    await comfy.queue_prompt(graph, prompt_id=str(uuid.uuid4()), client_id="direct")
+                ).prompt_id
                 while True:
                     message = await ws.recv()
                     if isinstance(message, str):
@@ -136,11 +138,13 @@ async def poll_loop(emulator: EmulatorProcess, count: int, poll_seconds: float) 
     from generator.workflows import get_workflow
 
     graph = get_workflow("txt2img").fill({"width": 64, "height": 64, "steps": 4}, filename_prefix="poll")
-    async with httpx.AsyncClient(base_url=emulator.url) as http:
+    async with ComfyClient(emulator.url) as comfy:
         for n in range(count):
             graph["3"]["inputs"]["seed"] = 50_000 + n
-            prompt_id = (await http.post("/prompt", json={"prompt": graph})).json()["prompt_id"]
-            while not (await http.get(f"/history/{prompt_id}")).json():  # noqa: ASYNC110
+            prompt_id = (
+                await comfy.queue_prompt(graph, prompt_id=str(uuid.uuid4()), client_id="poll")
+            ).prompt_id
+            while await comfy.history(prompt_id) is None:  # noqa: ASYNC110
                 await asyncio.sleep(poll_seconds)
 
 
@@ -161,10 +165,9 @@ class SiteProcess:
         while time.monotonic() < deadline:
             online = await Backend.objects.filter(online=True).aexists()
             if online:
-                with contextlib.suppress(httpx.HTTPError):
-                    async with httpx.AsyncClient() as http:
-                        await http.get(self.url + "/accounts/login/")
-                    return
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with aiohttp.ClientSession() as http, http.get(self.url + "/accounts/login/"):
+                        return
             await asyncio.sleep(0.1)
         raise AssertionError("the site did not start")
 

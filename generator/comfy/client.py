@@ -100,7 +100,7 @@ class ComfyClient:
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        if self._session is None:
             # ComfyUI is ours to talk to: no proxy from the environment, no cookies kept.
             self._session = aiohttp.ClientSession(
                 cookie_jar=aiohttp.DummyCookieJar(),
