@@ -19,7 +19,17 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from PIL import Image, UnidentifiedImageError
 
-from .live import LIVE_TTL_SECONDS, LiveState, queue_positions, render_card, render_progress, save_live_state
+from .live import (
+    LIVE_TTL_SECONDS,
+    LiveState,
+    Relay,
+    queue_event,
+    queue_positions,
+    render_card,
+    render_progress,
+    save_live_state,
+    status_event,
+)
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
 from .scheduling import SiteQueue, site_queue
@@ -235,30 +245,31 @@ def store_output(job: Job, node_id: str, index: int, filename: str, data: bytes)
     return image
 
 
-def card_html(pk: int, live: LiveState | None = None) -> tuple[int, str]:
-    """The owner of job `pk` and its card as it stands now; `live` is kept for tabs that
-    connect later."""
+def card_html(pk: int, live: LiveState | None = None) -> Relay:
+    """Job `pk`'s card as it stands now, for its owner; `live` is kept for tabs that connect
+    later."""
     prompt = Prompt.objects.prefetch_related("images").get(pk=pk)
-    return prompt.owner_id, _card(prompt, live)
+    return _card(prompt, live)
 
 
-def advance(pk: int, status: str, live: LiveState | None = None, **changes: Any) -> tuple[int, str]:
+def advance(pk: int, status: str, live: LiveState | None = None, **changes: Any) -> Relay:
     """Move job `pk` to `status` if that is still legal, and render its card as it then stands
     (the job's real state when the move lost a race, e.g. to a cancel)."""
     prompt = Prompt.objects.prefetch_related("images").get(pk=pk)
     if prompt.status != status:
         _try_transition(prompt, status, **changes)
-    return prompt.owner_id, _card(prompt, live)
+    return _card(prompt, live)
 
 
-def _card(prompt: Prompt, live: LiveState | None) -> str:
+def _card(prompt: Prompt, live: LiveState | None) -> Relay:
     if live is not None:
         save_live_state(prompt.pk, live)
     position = queue_positions([prompt]).get(prompt.pk)
-    return render_card(prompt, live=live, position=position)
+    html = render_card(prompt, live=live, position=position)
+    return Relay(prompt.owner_id, html, (status_event(prompt, position),))
 
 
-def moved_queue_places() -> list[tuple[int, str]]:
+def moved_queue_places() -> list[Relay]:
     """When the queue moves: for each user with a queued job whose place changed since it was
     last told, one message with the status line of each such job.
 
@@ -275,10 +286,12 @@ def moved_queue_places() -> list[tuple[int, str]]:
         "pk", "owner_id", "status", "cancel_requested_at"
     )
     lines: dict[int, list[str]] = {}
+    events: dict[int, list[dict[str, Any]]] = {}
     for prompt in prompts:
         line = render_progress(prompt, live=LiveState(), position=moved[prompt.pk])
         lines.setdefault(prompt.owner_id, []).append(line)
-    return [(owner_id, "".join(html)) for owner_id, html in lines.items()]
+        events.setdefault(prompt.owner_id, []).append(queue_event(prompt.pk, moved[prompt.pk]))
+    return [Relay(owner_id, "".join(html), tuple(events[owner_id])) for owner_id, html in lines.items()]
 
 
 EVERY_PLACE_FROM = 20  # nearer the front than this, every move is told

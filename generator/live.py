@@ -9,8 +9,10 @@ mid-job is shown where the job is, not where the database last saw it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.core.cache import cache
 from django.template.loader import render_to_string
 
@@ -23,6 +25,50 @@ BRIDGE_GROUP = "comfy-bridge"
 
 def user_group(user_id: int) -> str:
     return f"user-{user_id}"
+
+
+class Relay(NamedTuple):
+    """What one change of a user's jobs sends to their group: the fragment the tabs swap in,
+    and the same change as data for the API's event streams (see generator.api.events)."""
+
+    owner_id: int
+    html: str
+    events: tuple[dict[str, Any], ...] = ()
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "job.html", "html": self.html}
+        if self.events:
+            message["events"] = list(self.events)
+        return message
+
+
+def send_relay(relay: Relay) -> None:
+    """Send from synchronous code (a view); the bridge sends its own from the event loop."""
+    async_to_sync(get_channel_layer().group_send)(user_group(relay.owner_id), relay.message())
+
+
+def status_event(prompt: Prompt, position: int | None = None) -> dict[str, Any]:
+    return {"job": prompt.pk, "kind": "status", "status": prompt.status, "place": position}
+
+
+def progress_event(prompt_id: int, status: str, live: LiveState) -> dict[str, Any]:
+    return {
+        "job": prompt_id,
+        "kind": "progress",
+        "status": status,
+        "node": live.node_title,
+        "step": live.step,
+        "steps": live.steps,
+        "progress": round(live.progress, 4),
+    }
+
+
+def preview_event(prompt_id: int, mime_type: str, image_b64: str) -> dict[str, Any]:
+    return {"job": prompt_id, "kind": "preview", "mime_type": mime_type, "image": image_b64}
+
+
+def queue_event(prompt_id: int, place: int | None) -> dict[str, Any]:
+    return {"job": prompt_id, "kind": "queue", "place": place}
 
 
 @dataclass

@@ -6,7 +6,7 @@ import uuid
 from typing import Any, ClassVar
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 
@@ -78,6 +78,10 @@ class Quota(models.Model):
 class Prompt(models.Model):
     """One request to generate, and the job that carries it out on a ComfyUI backend."""
 
+    class Via(models.TextChoices):
+        WEB = "web", "Web page"
+        API = "api", "API"
+
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         SUBMITTED = "submitted", "Waiting in ComfyUI"
@@ -124,12 +128,25 @@ class Prompt(models.Model):
     parent = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
     )
+    via = models.CharField(max_length=8, choices=Via.choices, default=Via.WEB, editable=False)
+    webhook_url = models.URLField(max_length=2000, blank=True, editable=False)
+    # An API client's Idempotency-Key: the same key within IDEMPOTENCY_SECONDS gives this job
+    # again instead of a second one. `request_digest` tells a replay from a different request.
+    idempotency_key = models.CharField(max_length=255, blank=True, editable=False)
+    request_digest = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="prompt_owner_created"),
             models.Index(fields=["status", "created_at"], name="prompt_status_created"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="prompt_unique_idempotency_key",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -166,7 +183,17 @@ class Prompt(models.Model):
         fields.update(changes)
         if self.pk is None:
             raise ValueError("save the prompt before moving it through its states")
-        updated = type(self).objects.filter(pk=self.pk, status=previous).update(**fields)
+        row = type(self).objects.filter(pk=self.pk, status=previous)
+        if status in self.FINAL_STATUSES and self.webhook_url:
+            # In the same transaction as the move: a job that ended always has its delivery.
+            with transaction.atomic():
+                updated = row.update(**fields)
+                if updated:
+                    WebhookDelivery.objects.create(
+                        prompt=self, owner_id=self.owner_id, url=self.webhook_url, event=f"job.{status}"
+                    )
+        else:
+            updated = row.update(**fields)
         if not updated:
             self.refresh_from_db(fields=["status"])
             raise IllegalTransition(
@@ -227,3 +254,87 @@ class GeneratedImage(models.Model):
         if self.owner_id is None and self.prompt_id is not None:
             self.owner_id = self.prompt.owner_id
         super().save(*args, **kwargs)
+
+
+class ApiKey(models.Model):
+    """A key a user's scripts present as `Authorization: Bearer <key>`. Only a hash is kept:
+    the key is shown once, when it is made. `prefix` finds the row; the hash is compared in
+    constant time."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["owner", "-created_at"], name="apikey_owner_created")]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class WebhookSecret(models.Model):
+    """The key a user's webhook deliveries are signed with (HMAC-SHA256). Kept readable: the
+    site must sign with it, and its owner must be able to see it to verify."""
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret"
+    )
+    secret = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["owner_id"]
+
+    def __str__(self) -> str:
+        return f"Webhook secret of {self.owner}"
+
+
+class WebhookDelivery(models.Model):
+    """One event to POST to a job's webhook URL, retried with backoff until it is taken or
+    WEBHOOK_RETRY_HOURS pass. In the database, so a restart loses no delivery."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Gave up"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    url = models.URLField(max_length=2000)
+    event = models.CharField(max_length=32)
+    # Written at the first attempt and sent unchanged at every retry.
+    payload = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="webhook_due"),
+            models.Index(fields=["owner", "-created_at"], name="webhook_owner_created"),
+        ]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} of job {self.prompt_id} to {self.url} ({self.status})"
+
+    @property
+    def message_id(self) -> str:
+        return f"msg_{self.pk}"

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.db.models import Prefetch
 from django.db.models.fields.files import FieldFile
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from . import backends
 from .forms import GenerateForm
 from .history import visible_images
 from .jobs import note_place_shown
-from .live import BRIDGE_GROUP, queue_positions, render_card, render_cards
-from .models import GeneratedImage, IllegalTransition, Prompt
-from .quotas import refusal_for_new_job
+from .live import queue_positions, render_card, render_cards
+from .models import GeneratedImage, Prompt
+from .submissions import cancel_job, start_job, wake_bridge
 from .workflows import DEFAULT_WORKFLOW, Workflow, WorkflowError, all_workflows, get_workflow
 
 RECENT_JOBS = 20
@@ -118,14 +114,8 @@ def generate(request: HttpRequest) -> HttpResponse:
     workflow = _workflow_from(request)
     catalog = backends.node_catalog()
     form = _form(request, workflow, catalog, request.POST, request.FILES)
-    problems = catalog.problems(workflow)
-    if problems:
-        form.add_error(None, f"{workflow.title} cannot run here: {'; '.join(problems)}.")
-    if form.is_valid():
-        refusal = refusal_for_new_job(request.user, form.cleaned_data.get("batch_size") or 1)
-        if refusal:
-            form.add_error(None, refusal)
-    if problems or not form.is_valid():
+    prompt = start_job(request.user, workflow, catalog, form).prompt
+    if prompt is None:
         response = render(
             request, "generator/partials/generate_form.html", _form_context(request, workflow, catalog, form)
         )
@@ -133,36 +123,14 @@ def generate(request: HttpRequest) -> HttpResponse:
         response["HX-Retarget"] = "#generate-form"
         response["HX-Reswap"] = "outerHTML"
         return response
-    prompt = _create_prompt(request, workflow, form)
     position = queue_positions([prompt]).get(prompt.pk)
     # A job just created has no images: no query for them.
     card = render_card(prompt, position=position, images=[], catch_up=True)
     if position is not None:  # the card shows it: the bridge need not tell it again
         note_place_shown(prompt.pk, position)
     # Only now: the bridge claims the job while this thread is no longer busy rendering.
-    _wake_bridge()
+    wake_bridge()
     return HttpResponse(card)
-
-
-def _create_prompt(request: HttpRequest, workflow: Workflow, form: GenerateForm) -> Prompt:
-    values = form.job_values()
-    prompt = Prompt(
-        owner=request.user,
-        workflow=workflow.name,
-        positive_text=values.pop("prompt", ""),
-        negative_text=values.pop("negative_prompt", ""),
-        params=values,
-        parent=form.cleaned_data.get("parent") or None,
-    )
-    source: GeneratedImage | None = form.cleaned_data.get("source_image")
-    if form.cleaned_data.get("image"):
-        prompt.source_image.save("upload.png", ContentFile(form.cleaned_data["image"]), save=False)
-    elif source is not None:
-        with source.file.open("rb") as handle:
-            prompt.source_image.save(f"refine-{source.pk}.png", ContentFile(handle.read()), save=False)
-        prompt.parent = prompt.parent or source.prompt
-    prompt.save()
-    return prompt
 
 
 @require_GET
@@ -173,24 +141,8 @@ def job_card(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 def cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    """Queued: dropped at once. Handed to ComfyUI: the bridge deletes or interrupts it."""
-    prompt = get_object_or_404(Prompt, pk=pk, owner=request.user)
-    if prompt.status == Prompt.Status.QUEUED:
-        try:
-            prompt.transition_to(Prompt.Status.CANCELLED, error="Cancelled before it started.")
-        except IllegalTransition:  # the bridge picked it up meanwhile: cancel it there
-            prompt.refresh_from_db()
-    if prompt.status in (Prompt.Status.SUBMITTED, Prompt.Status.RUNNING):
-        Prompt.objects.filter(pk=pk, cancel_requested_at__isnull=True).update(
-            cancel_requested_at=timezone.now()
-        )
-        async_to_sync(get_channel_layer().group_send)(BRIDGE_GROUP, {"type": "cancel.job", "prompt": pk})
-    return HttpResponse(render_cards([Prompt.objects.prefetch_related("images").get(pk=pk)])[0])
-
-
-def _wake_bridge() -> None:
-    """Tell the bridge a job is waiting, so it need not poll (it also polls, as a safety net)."""
-    async_to_sync(get_channel_layer().group_send)(BRIDGE_GROUP, {"type": "wake"})
+    prompt = cancel_job(get_object_or_404(Prompt, pk=pk, owner=request.user))
+    return HttpResponse(render_cards([prompt])[0])
 
 
 def _image_for(request: HttpRequest, pk: int) -> GeneratedImage:

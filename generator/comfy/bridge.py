@@ -32,7 +32,16 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from generator import backends, jobs
-from generator.live import BRIDGE_GROUP, LiveState, render_progress, save_live_state, user_group
+from generator.live import (
+    BRIDGE_GROUP,
+    LiveState,
+    Relay,
+    preview_event,
+    progress_event,
+    render_progress,
+    save_live_state,
+    user_group,
+)
 from generator.models import Backend, Prompt
 from generator.scheduling import site_queue
 from generator.workflows import Workflow, WorkflowError, all_workflows, get_workflow
@@ -157,7 +166,7 @@ class Bridge:
         self.layer = get_channel_layer()
         self._tasks: list[asyncio.Task] = []
         self._state_work: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
-        self._outbox: collections.deque[tuple[int, str]] = collections.deque()
+        self._outbox: collections.deque[Relay] = collections.deque()
         self._outbox_filled = asyncio.Event()
         self._sending = asyncio.Lock()  # one sender at a time keeps a user's fragments in order
         self.positions_moved = asyncio.Event()
@@ -302,7 +311,7 @@ class Bridge:
         self.wake.set()
 
     async def _on_start(self, active: ActiveJob) -> None:
-        self._relay(*await db(jobs.advance)(active.pk, S.RUNNING, active.live))
+        self._relay(await db(jobs.advance)(active.pk, S.RUNNING, active.live))
 
     def _on_executing(self, active: ActiveJob, event: Executing) -> None:
         if event.is_end:
@@ -326,15 +335,12 @@ class Bridge:
         if now - active.last_preview_sent < self.settings.preview_interval:
             return
         active.last_preview_sent = now
+        image_b64 = base64.b64encode(event.image).decode()
         html = render_to_string(
             "generator/partials/job_preview.html",
-            {
-                "prompt_id": active.pk,
-                "mime_type": event.mime_type,
-                "image_b64": base64.b64encode(event.image).decode(),
-            },
+            {"prompt_id": active.pk, "mime_type": event.mime_type, "image_b64": image_b64},
         )
-        self._relay(active.job.owner_id, html)
+        self._relay(Relay(active.job.owner_id, html, (preview_event(active.pk, event.mime_type, image_b64),)))
 
     async def _on_interrupted(self, active: ActiveJob) -> None:
         job = await db(jobs.get_job)(active.pk)
@@ -376,7 +382,7 @@ class Bridge:
         if self.running_prompt_id == active.job.comfy_prompt_id:
             self.running_prompt_id = None
         self.wake.set()  # the next job goes out while this one's card is rendered
-        self._relay(*await db(jobs.advance)(active.pk, status, active.live, **changes))
+        self._relay(await db(jobs.advance)(active.pk, status, active.live, **changes))
 
     # -- handing jobs to ComfyUI -----------------------------------------------------------
 
@@ -561,8 +567,8 @@ class Bridge:
         logger.warning("Bridge %s: unreachable; %d jobs go back to the queue", self.url, len(moved))
         self.active.clear()
         self.running_prompt_id = None
-        for owner_id, html in await db(lambda: [jobs.card_html(pk) for pk in moved])():
-            self._relay(owner_id, html)
+        for relay in await db(lambda: [jobs.card_html(pk) for pk in moved])():
+            self._relay(relay)
         await self.layer.group_send(BRIDGE_GROUP, {"type": "wake"})
 
     def _offline_seconds(self) -> float | None:
@@ -629,12 +635,11 @@ class Bridge:
             return None
 
     async def _send_card(self, active: ActiveJob) -> None:
-        owner_id, html = await db(jobs.card_html)(active.pk, active.live)
-        self._relay(owner_id, html)
+        self._relay(await db(jobs.card_html)(active.pk, active.live))
 
-    def _relay(self, owner_id: int, html: str) -> None:
+    def _relay(self, relay: Relay) -> None:
         """Queue a fragment for the owner's tabs; fragments go out in the order queued."""
-        self._outbox.append((owner_id, html))
+        self._outbox.append(relay)
         self._outbox_filled.set()
 
     async def _send_relayed(self) -> bool:
@@ -643,11 +648,11 @@ class Bridge:
             return False
         async with self._sending:
             while self._outbox:
-                owner_id, html = self._outbox.popleft()
+                relay = self._outbox.popleft()
                 try:
-                    await self.layer.group_send(user_group(owner_id), {"type": "job.html", "html": html})
+                    await self.layer.group_send(user_group(relay.owner_id), relay.message())
                 except Exception:
-                    logger.exception("Bridge %s: relay to user %s failed", self.url, owner_id)
+                    logger.exception("Bridge %s: relay to user %s failed", self.url, relay.owner_id)
         return True
 
     async def _run_outbox(self) -> None:
@@ -670,9 +675,8 @@ class Bridge:
             self._later(functools.partial(db(save_live_state), active.pk, dataclasses.replace(active.live)))
         # Rendered from what the bridge knows: no database read on the hottest path.
         status = S.RUNNING if active.started else S.SUBMITTED
-        self._relay(
-            active.job.owner_id, render_progress(Prompt(pk=active.pk, status=status), live=active.live)
-        )
+        html = render_progress(Prompt(pk=active.pk, status=status), live=active.live)
+        self._relay(Relay(active.job.owner_id, html, (progress_event(active.pk, status, active.live),)))
 
     async def _publish_positions(self) -> None:
         """Tell waiting jobs their new place when the queue moves; coalesced, since with many
@@ -687,8 +691,8 @@ class Bridge:
             except Exception:
                 logger.exception("Bridge %s: queue places not sent", self.url)
             else:
-                for owner_id, html in changed:
-                    self._relay(owner_id, html)
+                for relay in changed:
+                    self._relay(relay)
             await asyncio.sleep(self.settings.positions_interval)
 
     async def _refresh_backend_info(self) -> None:

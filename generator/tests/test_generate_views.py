@@ -44,7 +44,7 @@ def test_the_place_a_new_card_shows_is_not_told_again_until_it_moves(user_client
     assert moved_queue_places() == []  # the cards said so already
 
     Prompt.objects.earliest("pk").transition_to(Prompt.Status.CANCELLED)
-    [(_, told)] = moved_queue_places()
+    [(_, told, _events)] = moved_queue_places()
     assert "#1 in the queue" in told
 
 

@@ -149,14 +149,14 @@ def test_when_the_queue_moves_each_user_is_told_once_of_their_jobs_whose_place_c
     alice, bob = UserFactory(), UserFactory()
     alices = [PromptFactory(owner=alice), PromptFactory(owner=alice)]
     bobs = PromptFactory(owner=bob)
-    told = dict(moved_queue_places())
+    told = {relay.owner_id: relay.html for relay in moved_queue_places()}
     assert set(told) == {alice.pk, bob.pk}  # one message per user...
     assert all(f"prompt-{p.pk}-progress" in told[alice.pk] for p in alices)  # ...with all their lines
     assert "#3 in the queue" in told[alice.pk]  # fair order: alice, bob, alice
 
     carol = UserFactory()
     PromptFactory(owner=carol)  # a first job: it goes ahead of alice's second, not of bob's
-    told = dict(moved_queue_places())
+    told = {relay.owner_id: relay.html for relay in moved_queue_places()}
     assert set(told) == {alice.pk, carol.pk}
     assert f"prompt-{alices[1].pk}-progress" in told[alice.pk]
     assert f"prompt-{alices[0].pk}-progress" not in told[alice.pk]  # its place did not change

@@ -19,6 +19,7 @@ from generator.comfy.client import ComfyClient
 from generator.comfy.emulator import Emulator
 from generator.comfy.errors import NotFound
 from generator.consumers import JobsConsumer
+from generator.live import Relay
 from generator.models import GeneratedImage, Prompt
 from generator.tests.factories import PromptFactory, UserFactory
 
@@ -164,12 +165,12 @@ async def test_fragments_relayed_from_two_tasks_are_delivered_in_the_order_relay
     bridge.layer = SlowLayer()
     outbox = asyncio.create_task(bridge._run_outbox())
 
-    bridge._relay(1, "running card")  # from the state worker: the outbox task sends it...
+    bridge._relay(Relay(1, "running card"))  # from the state worker: the outbox task sends it...
     await asyncio.sleep(0.01)  # ...and is still at it when
-    bridge._relay(1, "step 1")  # the event consumer relays and sends its own
+    bridge._relay(Relay(1, "step 1"))  # the event consumer relays and sends its own
     await bridge._send_relayed()
-    bridge._relay(1, "finished card")
-    bridge._relay(1, "step 2")
+    bridge._relay(Relay(1, "finished card"))
+    bridge._relay(Relay(1, "step 2"))
     await bridge._send_relayed()
     outbox.cancel()
 
