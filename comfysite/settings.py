@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
+    "ninja",  # the API's interactive docs, served from our static files
     "generator",
 ]
 
@@ -255,3 +256,19 @@ DEFAULT_QUOTA = {
 # MEDIA_ROOT) or "x-sendfile" (Apache mod_xsendfile, lighttpd).
 MEDIA_SENDFILE = os.environ.get("MEDIA_SENDFILE", "").strip().lower()
 MEDIA_ACCEL_PREFIX = os.environ.get("MEDIA_ACCEL_PREFIX", "/protected-media/")
+
+# The API (generator/api/). Signed image links last API_LINK_SECONDS; API_RATE_LIMIT is per
+# user over all their keys ("120/m": 120 requests a minute); an Idempotency-Key is remembered
+# IDEMPOTENCY_SECONDS.
+API_LINK_SECONDS = int(os.environ.get("API_LINK_SECONDS", "3600"))
+API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT", "120/m")
+IDEMPOTENCY_SECONDS = 24 * 3600
+
+# Webhooks: retried with exponential backoff from WEBHOOK_RETRY_BASE_SECONDS for
+# WEBHOOK_RETRY_HOURS; URLs resolving to private or local addresses only with
+# WEBHOOK_ALLOW_PRIVATE. SITE_URL (the public origin, https://comfy.example.com) makes the links
+# in webhook events absolute; unset, they are relative to the site.
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+WEBHOOK_RETRY_HOURS = float(os.environ.get("WEBHOOK_RETRY_HOURS", "24"))
+WEBHOOK_RETRY_BASE_SECONDS = float(os.environ.get("WEBHOOK_RETRY_BASE_SECONDS", "10"))
+SITE_URL = os.environ.get("SITE_URL", "").rstrip("/")

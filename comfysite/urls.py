@@ -1,8 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from generator.api.main import urlpatterns as api_urlpatterns
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("generator.accounts_urls")),
+    path("", include((api_urlpatterns, "api"), namespace="api")),
     path("", include("generator.urls")),
 ]

@@ -65,12 +65,16 @@ def visible_images(user: Any) -> QuerySet[GeneratedImage]:
     return images
 
 
-def _date_bounds(data: dict[str, Any]) -> Q:
+MAX_ID = 2**63 - 1  # the databases' largest integer key: a larger id finds nothing
+
+
+def date_bounds(data: dict[str, Any]) -> Q:
+    """Rows made on or after `since` and on or before `until` (dates, whole days in UTC)."""
     condition = Q()
     tz = datetime.UTC
     if data.get("since"):
         condition &= Q(created_at__gte=datetime.datetime.combine(data["since"], datetime.time.min, tz))
-    if data.get("until"):
+    if data.get("until") and data["until"] < datetime.date.max:
         condition &= Q(
             created_at__lt=datetime.datetime.combine(data["until"], datetime.time.min, tz)
             + datetime.timedelta(days=1)
@@ -78,15 +82,24 @@ def _date_bounds(data: dict[str, Any]) -> Q:
     return condition
 
 
-def _after_cursor(cursor: str | None) -> Q:
-    """Rows strictly older than the cursor `<iso time>_<pk>` (newest first)."""
-    if not cursor or "_" not in cursor:
+def after_cursor(cursor: str | None) -> Q:
+    """Rows strictly older than the cursor `<iso time>_<pk>` (newest first). ValueError if the
+    cursor is not one this site made."""
+    if not cursor:
         return Q()
     stamp, _, pk = cursor.rpartition("_")
-    moment = parse_datetime(stamp)
-    if moment is None or not pk.isdigit():
-        return Q()
+    moment = parse_datetime(stamp)  # ValueError for a well-formed impossible date
+    if moment is None or not (pk.isascii() and pk.isdigit()) or int(pk) > MAX_ID:
+        raise ValueError(f"Not a page cursor: {cursor!r}")
     return Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=int(pk))
+
+
+def _tolerant_cursor(cursor: str | None) -> Q:
+    """The history page's cursor comes from its own links; one tampered with starts over."""
+    try:
+        return after_cursor(cursor)
+    except ValueError:
+        return Q()
 
 
 def _cursor_of(row: GeneratedImage | Prompt) -> str:
@@ -100,7 +113,7 @@ class HistoryPage:
 
 
 def _image_page(user: Any, data: dict[str, Any], cursor: str | None) -> HistoryPage:
-    images = GeneratedImage.objects.filter(owner=user).filter(_date_bounds(data), _after_cursor(cursor))
+    images = GeneratedImage.objects.filter(owner=user).filter(date_bounds(data), _tolerant_cursor(cursor))
     if data.get("favourites"):
         images = images.filter(is_favourite=True)
     if data.get("workflow"):
@@ -113,7 +126,7 @@ def _image_page(user: Any, data: dict[str, Any], cursor: str | None) -> HistoryP
 
 def _prompt_page(user: Any, status: str, data: dict[str, Any], cursor: str | None) -> HistoryPage:
     prompts = Prompt.objects.filter(owner=user, status=status).filter(
-        _date_bounds(data), _after_cursor(cursor)
+        date_bounds(data), _tolerant_cursor(cursor)
     )
     if data.get("workflow"):
         prompts = prompts.filter(workflow=data["workflow"])

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import history, views
+from .api import links
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -10,6 +11,7 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", views.cancel, name="job-cancel"),
     path("media/images/<int:pk>/", views.image_file, name="image-file"),
     path("media/images/<int:pk>/thumbnail/", views.image_thumbnail, name="image-thumbnail"),
+    path("media/links/<str:token>/", links.image_by_link, name="image-link"),
     path("history/", history.history, name="history"),
     path("history/bulk/", history.bulk_action, name="history-bulk"),
     path("history/images/<int:pk>/", history.image_detail, name="image-detail"),

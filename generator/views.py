@@ -149,7 +149,7 @@ def _image_for(request: HttpRequest, pk: int) -> GeneratedImage:
     return get_object_or_404(visible_images(request.user), pk=pk)
 
 
-def _private_file(stored: FieldFile, content_type: str) -> HttpResponse:
+def private_file(stored: FieldFile, content_type: str) -> HttpResponse:
     """The file's bytes, or (MEDIA_SENDFILE) a header telling the web server to send them,
     once this view has checked who may see them."""
     if settings.MEDIA_SENDFILE == "x-accel-redirect":
@@ -170,12 +170,12 @@ def _private_file(stored: FieldFile, content_type: str) -> HttpResponse:
 @require_GET
 def image_file(request: HttpRequest, pk: int) -> HttpResponse:
     image = _image_for(request, pk)
-    return _private_file(image.file, image.content_type)
+    return private_file(image.file, image.content_type)
 
 
 @require_GET
 def image_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
     image = _image_for(request, pk)
     if not image.thumbnail:
-        return _private_file(image.file, image.content_type)
-    return _private_file(image.thumbnail, "image/webp")
+        return private_file(image.file, image.content_type)
+    return private_file(image.thumbnail, "image/webp")

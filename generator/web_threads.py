@@ -7,10 +7,12 @@ drives the bridge), waits its turn behind all of them: a burst of form posts hel
 for over half a second. Here requests share WEB_THREADS threads, handed out in turn; a process
 serves more at once by running more processes (`uvicorn --workers N`), not more threads.
 
-The site's views are synchronous, so each request's middleware and view run in one crossing to
-its thread (an async view would still work: Django adapts it, at the cost of a crossing back).
-Since the threads last, so do their database connections (CONN_MAX_AGE): a request does not
-open one.
+The pages' views are synchronous, so each request's middleware and view run in one crossing to
+its thread. Since the threads last, so do their database connections (CONN_MAX_AGE): a request
+does not open one. Async views (the API's, which wait for a job or stream its events for as
+long as it runs) go through Django's own async handling instead: they wait on the event loop,
+and hop to the shared threads only for their database work. Run on a thread, one of them would
+hold that thread, and every page behind it, for the whole wait.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.urls import Resolver404, resolve
 
 
 class SharedThreadsASGIHandler(ASGIHandler):
@@ -37,6 +40,7 @@ class SharedThreadsASGIHandler(ASGIHandler):
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}") for n in range(threads)
         ]
         self._next_executor = itertools.cycle(self.executors)
+        self.async_views = ASGIHandler()  # Django's own: middleware adapted around an async view
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
@@ -44,5 +48,13 @@ class SharedThreadsASGIHandler(ASGIHandler):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        handler = self.async_views if _is_async_view(scope["path"]) else self
         async with ThreadSensitiveContext(executor=next(self._next_executor)):
-            await self.handle(scope, receive, send)
+            await handler.handle(scope, receive, send)
+
+
+def _is_async_view(path: str) -> bool:
+    try:
+        return iscoroutinefunction(resolve(path).func)
+    except Resolver404:
+        return False

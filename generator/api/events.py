@@ -1,0 +1,153 @@
+"""A job's live events for API clients: the same changes the web card gets, as data.
+
+The bridge sends each change once to the owner's channel-layer group, with the fragment for the
+tabs and the same change as data (generator.live.Relay); a listener here joins that group and
+keeps what concerns its job. The database stays the source of truth: when nothing has come for
+a while, the job is read again, so a change no bridge relayed (a cancel in the web page, a
+relay lost with a Redis restart) is still seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+
+from generator.live import user_group
+from generator.models import Prompt
+
+from .representation import jobs_data, jobs_visible_to
+
+QUIET_SECONDS = 5.0  # no event this long: read the job again, and keep the connection alive
+RETRY_MILLISECONDS = 1000
+
+
+class JobListener:
+    """Messages for one user's jobs, from the moment it is entered."""
+
+    def __init__(self, user_id: int) -> None:
+        self.group = user_group(user_id)
+        self.layer = get_channel_layer()
+        self.channel = ""
+
+    async def __aenter__(self) -> JobListener:
+        self.channel = await self.layer.new_channel()
+        await self.layer.group_add(self.group, self.channel)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.layer.group_discard(self.group, self.channel)
+
+    async def events_for(self, job_id: int, seconds: float) -> list[dict[str, Any]] | None:
+        """The events about `job_id` in the next message that has some; None after `seconds`
+        with none."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = await asyncio.wait_for(self.layer.receive(self.channel), left)
+            except TimeoutError:
+                return None
+            events = [e for e in message.get("events", ()) if e.get("job") == job_id]
+            if events:
+                return events
+        return None
+
+
+def _load_job(viewer: Any, job_id: int, base: str) -> dict[str, Any] | None:
+    prompt = jobs_visible_to(viewer).filter(pk=job_id).first()
+    return jobs_data([prompt], base)[0] if prompt else None
+
+
+def _owner_of(viewer: Any, job_id: int) -> int | None:
+    return jobs_visible_to(viewer).filter(pk=job_id).values_list("owner_id", flat=True).first()
+
+
+load_job = sync_to_async(_load_job)
+owner_of = sync_to_async(_owner_of)
+
+
+def is_final(job: dict[str, Any]) -> bool:
+    return job["status"] in Prompt.FINAL_STATUSES
+
+
+async def wait_until_final(owner: Any, job_id: int, base: str = "") -> dict[str, Any] | None:
+    """The job once it has ended (None if it was deleted meanwhile). No time limit: it waits as
+    long as the job takes, and the job goes on if the caller stops waiting."""
+    async with JobListener(owner.pk) as listener:
+        while True:
+            job = await load_job(owner, job_id, base)
+            if job is None or is_final(job):
+                return job
+            events = await listener.events_for(job_id, QUIET_SECONDS)
+            while events is not None and not any(e["kind"] == "status" for e in events):
+                events = await listener.events_for(job_id, QUIET_SECONDS)
+
+
+# -- Server-Sent Events ---------------------------------------------------------------------
+
+
+def finished_event_id(job: dict[str, Any]) -> int:
+    """The finished event's id is the job's end in microseconds: the same on every stream, so a
+    client that saw it (and reconnects, as EventSource does) is told there is nothing more."""
+    return int(job["finished_at"].timestamp() * 1_000_000)
+
+
+class EventIds:
+    """Increasing ids: microseconds of the wall clock, so a resumed stream's ids follow the
+    ids its first connection gave."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last = max(self.last + 1, time.time_ns() // 1000)
+        return self.last
+
+
+def _sse(event: str, data: Any, event_id: int) -> str:
+    payload = json.dumps(data, default=str, separators=(",", ":"))
+    return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n"
+
+
+def _live_data(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    kind = event["kind"]
+    if kind == "progress":
+        fields = ("status", "node", "step", "steps", "progress")
+    elif kind == "preview":
+        return "preview", {"job": event["job"], "mime_type": event["mime_type"], "data": event["image"]}
+    else:  # queue
+        fields = ("place",)
+    return kind, {"job": event["job"], **{name: event[name] for name in fields}}
+
+
+async def job_event_stream(viewer: Any, owner_id: int, job_id: int, base: str) -> AsyncIterator[str]:
+    """The job's state now (`status`, or `finished` if it has ended), then each change as it
+    happens: `queue`, `progress`, `preview`, `status`, and `finished`, after which it ends."""
+    ids = EventIds()
+    yield f"retry: {RETRY_MILLISECONDS}\n\n"
+    async with JobListener(owner_id) as listener:
+        job = await load_job(viewer, job_id, base)  # read once we listen: no change falls between
+        shown_status = None  # after a quiet spell the job is read again, but told only if changed
+        while job is not None:
+            if is_final(job):
+                yield _sse("finished", job, finished_event_id(job))
+                return
+            if job["status"] != shown_status:
+                yield _sse("status", job, ids.next())
+                shown_status = job["status"]
+            events = await listener.events_for(job_id, QUIET_SECONDS)
+            if events is None:
+                yield ": still here\n\n"
+            else:
+                for event in events:
+                    if event["kind"] != "status":
+                        yield _sse(*_live_data(event), ids.next())
+                if not any(event["kind"] == "status" for event in events):
+                    continue
+                shown_status = None  # the bridge told a change: pass it on
+            job = await load_job(viewer, job_id, base)
