@@ -4,7 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
 
-from . import accounts
+from . import accounts, api_keys
 
 urlpatterns = [
     path("signup/", login_not_required(accounts.signup), name="signup"),
@@ -19,5 +19,8 @@ urlpatterns = [
         auth_views.PasswordResetConfirmView.as_view(),
         name="password_reset_confirm",
     ),
+    path("api-keys/", api_keys.api_keys, name="api-keys"),
+    path("api-keys/<int:pk>/revoke/", api_keys.revoke, name="api-key-revoke"),
+    path("api-keys/webhook-secret/", api_keys.new_webhook_secret, name="webhook-secret-rotate"),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
 ]

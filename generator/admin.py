@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .models import Backend, GeneratedImage, Prompt, Quota
+from .models import ApiKey, Backend, GeneratedImage, Prompt, Quota, WebhookDelivery
 
 
 def _thumbnail(image: GeneratedImage, size: int = 96) -> str:
@@ -40,7 +40,7 @@ class GeneratedImageInline(admin.TabularInline):
 @admin.register(Prompt)
 class PromptAdmin(admin.ModelAdmin):
     list_display = ("id", "owner", "workflow", "short_text", "status", "backend", "created_at", "finished_at")
-    list_filter = ("status", "workflow", "backend", "created_at")
+    list_filter = ("status", "workflow", "via", "backend", "created_at")
     search_fields = ("positive_text", "negative_text", "owner__username")
     list_select_related = ("owner",)
     raw_id_fields = ("owner", "parent")
@@ -63,6 +63,9 @@ class PromptAdmin(admin.ModelAdmin):
         "on_demo_backend",
         "source_image",
         "parent",
+        "via",
+        "webhook_url",
+        "idempotency_key",
     )
     date_hierarchy = "created_at"
     inlines = [GeneratedImageInline]
@@ -212,3 +215,66 @@ class BackendAdmin(admin.ModelAdmin):
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin):
     list_display = ("group", "max_queued", "max_running", "max_images_per_day")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Staff see every user's keys (never the keys themselves: only hashes are kept) and may
+    revoke them."""
+
+    list_display = ("name", "owner", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at", "created_at")
+    search_fields = ("name", "prefix", "owner__username")
+    list_select_related = ("owner",)
+    fields = ("owner", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("owner", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a key is made by its owner, who alone sees it once
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "prompt",
+        "owner",
+        "event",
+        "url",
+        "status",
+        "attempts",
+        "last_status_code",
+        "created_at",
+    )
+    list_filter = ("status", "event", "created_at")
+    search_fields = ("url", "owner__username")
+    list_select_related = ("owner", "prompt")
+    readonly_fields = (
+        "prompt",
+        "owner",
+        "url",
+        "event",
+        "payload",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "delivered_at",
+    )
+    actions = ["send_again"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Send again now")
+    def send_again(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        count = queryset.update(status=WebhookDelivery.Status.PENDING, next_attempt_at=timezone.now())
+        self.message_user(request, f"{count} delivery(ies) will be sent again.", messages.SUCCESS)

@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from generator.backends import BackendConfig, release_leases, renew_leases, take_lease
+from generator.webhooks import WebhookSender
 
 from .bridge import Bridge, BridgeSettings
 
@@ -51,7 +52,9 @@ class BridgePool:
         self.places_lock = asyncio.Lock()  # one bridge at a time tells the queue's moves
 
     async def run(self) -> None:
-        """Drive backends until cancelled; then hand their leases back at once."""
+        """Drive backends, and send due webhooks, until cancelled; then hand the backends'
+        leases back at once."""
+        webhooks = asyncio.create_task(WebhookSender().run(), name="webhooks")
         try:
             while True:
                 try:
@@ -60,6 +63,8 @@ class BridgePool:
                     logger.exception("Bridge pool %s: could not renew or take leases", self.owner)
                 await asyncio.sleep(self.round_seconds)
         finally:
+            webhooks.cancel()
+            await asyncio.gather(webhooks, return_exceptions=True)
             await self._stop(list(self.bridges))
             with contextlib.suppress(Exception):
                 await sync_to_async(release_leases)([config.url for config in self.backends], self.owner)
