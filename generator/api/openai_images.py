@@ -138,7 +138,8 @@ async def edit_image(
     chosen = workflow_named(name)
     if not chosen.takes_image:
         raise ApiError(400, f"{name} does not take an image; use /v1/images/generations.", param="workflow")
-    values = _openai_parameters(chosen, prompt, n, size, _json_object(parameters))
+    given = {**_bracketed(request.POST, "parameters"), **_json_object(parameters)}
+    values = _openai_parameters(chosen, prompt, n, size, given)
     upload = image.read(settings.MAX_UPLOAD_BYTES + 1)
     image.seek(0)
     digest = request_digest("edits", name, values, upload)
@@ -146,6 +147,13 @@ async def edit_image(
         request.user, name, values, image=image, idempotency_key=idempotency_key or "", digest=digest
     )
     return await _answer(request, job.pk, response_format)
+
+
+def _bracketed(form: Any, name: str) -> dict[str, str]:
+    """`parameters[steps]=4` form fields, as OpenAI's client sends an `extra_body` object in a
+    multipart request."""
+    prefix = f"{name}["
+    return {key[len(prefix) : -1]: form[key] for key in form if key.startswith(prefix) and key.endswith("]")}
 
 
 def _json_object(text: str | None) -> dict[str, Any]:
