@@ -45,4 +45,5 @@ def _open_to_keys(patterns: list[Any]) -> list[Any]:
     return patterns
 
 
-urlpatterns = _open_to_keys(api.urls[0])
+# Without its root view: mounted at the site's root, it would answer "/" in place of the home page.
+urlpatterns = _open_to_keys([p for p in api.urls[0] if getattr(p, "name", "") != "api-root"])
