@@ -74,6 +74,9 @@ def bound_form(
     if "size" in template.fields and "size" not in parameters and {"width", "height"} & set(parameters):
         data["size"] = "custom"
     data = {name: "" if value is None else value for name, value in data.items()}
+    if image is not None:
+        # Clients name uploads anything (or nothing); what counts is what Pillow reads in it.
+        image.name = "upload.png"
     files = {"image": image} if image is not None else {}
     return GenerateForm(data, files, workflow=workflow, object_info=catalog.object_info, user=user)
 
@@ -91,7 +94,7 @@ def _decoded_image(value: Any) -> UploadedFile | None:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "image: not valid base64.", param="image") from None
-    return SimpleUploadedFile("upload", data)
+    return SimpleUploadedFile("upload.png", data)
 
 
 def form_error(form: GenerateForm) -> ApiError:
