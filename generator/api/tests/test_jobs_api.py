@@ -38,7 +38,8 @@ def test_a_job_is_queued_at_once_with_the_forms_defaults(api, user):
     job = response.json()
     prompt = Prompt.objects.get(pk=job["id"])
     assert (prompt.owner, prompt.status, prompt.via) == (user, "queued", "api")
-    assert job["status"] == "queued" and job["queue_place"] == 1
+    assert job["status"] == "queued"
+    assert job["queue_place"] == 1
     assert job["parameters"]["steps"] == 12
     assert job["parameters"]["cfg"] == 7.0  # the workflow's default, as on the form
     assert isinstance(job["parameters"]["seed"], int)  # drawn, and kept with the job
@@ -99,7 +100,8 @@ def test_an_image_job_takes_the_picture_as_base64(api):
 
     assert response.status_code == 202, response.json()
     prompt = Prompt.objects.get(pk=response.json()["id"])
-    assert prompt.source_image and prompt.params["denoise"] == 0.5
+    assert prompt.source_image
+    assert prompt.params["denoise"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -222,9 +224,11 @@ def test_a_job_shows_its_outputs_with_signed_links_anyone_can_fetch_until_they_e
 
     job = api.get(f"/api/jobs/{prompt.pk}").json()
 
-    assert job["status"] == "succeeded" and job["progress"] == 1.0
+    assert job["status"] == "succeeded"
+    assert job["progress"] == 1.0
     [output] = job["outputs"]
-    assert output["id"] == image.pk and output["width"] == 64
+    assert output["id"] == image.pk
+    assert output["width"] == 64
     fetched = client.get(output["url"])  # no key, no session: the link is the permission
     assert fetched.status_code == 200
     assert fetched.content == image.file.open("rb").read()
@@ -347,7 +351,8 @@ def test_cancelling_a_job_on_comfyui_asks_the_bridge_and_says_cancelling(api, us
 
     job = api.delete(f"/api/jobs/{prompt.pk}").json()
 
-    assert job["status"] == "running" and job["cancelling"] is True
+    assert job["status"] == "running"
+    assert job["cancelling"] is True
     assert async_to_sync(layer.receive)(channel) == {"type": "cancel.job", "prompt": prompt.pk}
 
 
@@ -358,4 +363,5 @@ def test_cancelling_a_job_that_ended_changes_nothing(api, user):
 
     job = api.delete(f"/api/jobs/{prompt.pk}").json()
 
-    assert job["status"] == "succeeded" and job["cancelling"] is False
+    assert job["status"] == "succeeded"
+    assert job["cancelling"] is False

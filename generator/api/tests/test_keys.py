@@ -17,7 +17,8 @@ def test_a_key_is_shown_once_and_kept_only_as_a_hash(user_client, user):
     response = user_client.post(reverse("api-keys"), {"name": "notebook"})
 
     key = response.context["new_key"]
-    assert key.startswith("csk_") and key in response.text
+    assert key.startswith("csk_")
+    assert key in response.text
     row = ApiKey.objects.get(owner=user)
     assert row.name == "notebook"
     assert key not in str(list(ApiKey.objects.values()))  # not stored, not even in part beyond the prefix
@@ -63,7 +64,7 @@ def test_a_missing_or_malformed_key_is_a_json_401_never_a_login_redirect(client,
 
 
 def test_a_key_with_the_right_prefix_but_wrong_secret_is_refused(user):
-    row, key = create_key(user, "bot")
+    _row, key = create_key(user, "bot")
 
     assert key_client(key[:-2] + "xx").get("/api/jobs").status_code == 401
 
@@ -83,7 +84,8 @@ def test_a_key_does_not_open_the_pages_or_the_admin(staff_api):
     assert staff_api.get(reverse("home")).status_code == 302  # to the log-in page
     assert staff_api.get(reverse("history")).status_code == 302
     admin = staff_api.get("/admin/")
-    assert admin.status_code == 302 and "/admin/login/" in admin["Location"]
+    assert admin.status_code == 302
+    assert "/admin/login/" in admin["Location"]
 
 
 def test_last_use_is_recorded(user, api):
