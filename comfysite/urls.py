@@ -6,6 +6,7 @@ from generator.api.main import urlpatterns as api_urlpatterns
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("generator.accounts_urls")),
-    path("", include((api_urlpatterns, "api"), namespace="api")),
     path("", include("generator.urls")),
+    # Last: the API's root view (which its schema needs) is at "/", where the home page is.
+    path("", include((api_urlpatterns, "api"), namespace="api")),
 ]

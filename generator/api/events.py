@@ -91,10 +91,11 @@ async def wait_until_final(owner: Any, job_id: int, base: str = "") -> dict[str,
 # -- Server-Sent Events ---------------------------------------------------------------------
 
 
-def finished_event_id(job: dict[str, Any]) -> int:
-    """The finished event's id is the job's end in microseconds: the same on every stream, so a
-    client that saw it (and reconnects, as EventSource does) is told there is nothing more."""
-    return int(job["finished_at"].timestamp() * 1_000_000)
+def finished_event_id(job: dict[str, Any]) -> str:
+    """The finished event's id names the job's end: a client that saw it, and reconnects (as
+    EventSource does when a stream ends), is told there is nothing more. Any other id it
+    resumes from is followed by the job's state now, its end included."""
+    return f"end-{job['id']}"
 
 
 class EventIds:
@@ -109,7 +110,7 @@ class EventIds:
         return self.last
 
 
-def _sse(event: str, data: Any, event_id: int) -> str:
+def _sse(event: str, data: Any, event_id: int | str) -> str:
     payload = json.dumps(data, default=str, separators=(",", ":"))
     return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n"
 

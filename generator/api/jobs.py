@@ -242,7 +242,7 @@ async def job_events(
     job = await load_job(request.user, pk, base)
     if job is None or owner_id is None:
         raise not_found()
-    if is_final(job) and _event_id(last_event_id) >= finished_event_id(job):
+    if is_final(job) and last_event_id == finished_event_id(job):
         return HttpResponse(status=204)  # seen it end: EventSource stops reconnecting on 204
     response = StreamingHttpResponse(
         job_event_stream(request.user, owner_id, pk, base), content_type="text/event-stream"
@@ -250,10 +250,3 @@ async def job_events(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response
-
-
-def _event_id(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0

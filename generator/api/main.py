@@ -45,5 +45,5 @@ def _open_to_keys(patterns: list[Any]) -> list[Any]:
     return patterns
 
 
-# Without its root view: mounted at the site's root, it would answer "/" in place of the home page.
-urlpatterns = _open_to_keys([p for p in api.urls[0] if getattr(p, "name", "") != "api-root"])
+# Its root view answers "/": the site's URLs go first (comfysite/urls.py), so "/" is the home page.
+urlpatterns = _open_to_keys(api.urls[0])
