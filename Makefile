@@ -26,4 +26,4 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy generator/comfy comfysite
+	$(BIN)/mypy generator comfysite

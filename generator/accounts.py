@@ -20,7 +20,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 class SignUpForm(UserCreationForm):
     email = forms.EmailField(required=True, help_text="Used only to reset your password.")
 
-    class Meta(UserCreationForm.Meta):
+    class Meta(UserCreationForm.Meta):  # type: ignore[name-defined]  # the stubs lack Meta
         model = User
         fields = ("username", "email")
 

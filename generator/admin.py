@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -10,6 +13,12 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from .models import ApiKey, Backend, GeneratedImage, Prompt, Quota, WebhookDelivery
+
+
+def _staff(request: HttpRequest) -> User:
+    """The admin's user: always a logged-in staff member."""
+    assert isinstance(request.user, User)
+    return request.user
 
 
 def _thumbnail(image: GeneratedImage, size: int = 96) -> str:
@@ -168,13 +177,13 @@ class GeneratedImageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def save_model(self, request: HttpRequest, obj: GeneratedImage, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: GeneratedImage, form: Any, change: bool) -> None:
         if change and "review_status" in form.changed_data:
-            obj.reviewed_by, obj.reviewed_at = request.user, timezone.now()
+            obj.reviewed_by, obj.reviewed_at = _staff(request), timezone.now()
         super().save_model(request, obj, form, change)
 
     def _review(self, request: HttpRequest, queryset: QuerySet[GeneratedImage], status: str) -> None:
-        count = queryset.update(review_status=status, reviewed_by=request.user, reviewed_at=timezone.now())
+        count = queryset.update(review_status=status, reviewed_by=_staff(request), reviewed_at=timezone.now())
         self.message_user(request, f"{count} image(s) marked {GeneratedImage.Review(status).label.lower()}.")
 
     @admin.action(description="Approve the selected images")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from .api.keys import create_key, revoke_key
+from .http import AuthenticatedRequest
 from .models import ApiKey, WebhookDelivery
 from .webhooks import rotate_secret, secret_for
 
@@ -21,7 +22,7 @@ class ApiKeyForm(forms.Form):
     )
 
 
-def api_keys(request: HttpRequest) -> HttpResponse:
+def api_keys(request: AuthenticatedRequest) -> HttpResponse:
     """GET lists the keys; POST makes one and shows it this once (it is kept only as a hash)."""
     form = ApiKeyForm(request.POST or None)
     new_key = None
@@ -39,7 +40,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-def revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def revoke(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey, pk=pk, owner=request.user)
     revoke_key(key)
     messages.success(request, f"Revoked the key “{key.name}”. Scripts using it now get 401.")
@@ -47,7 +48,7 @@ def revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def new_webhook_secret(request: HttpRequest) -> HttpResponse:
+def new_webhook_secret(request: AuthenticatedRequest) -> HttpResponse:
     rotate_secret(request.user)
     messages.success(request, "Made a new webhook secret; deliveries from now on are signed with it.")
     return redirect("api-keys")

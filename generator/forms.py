@@ -73,7 +73,8 @@ class GenerateForm(forms.Form):
         # The workflow's example image file name is not an upload: never an initial value.
         defaults = {k: v for k, v in workflow.defaults().items() if k != "image"}
         initial = {**defaults, "seed": None, "prompt": "", **kwargs.pop("initial", {})}
-        super().__init__(*args, initial=initial, **kwargs)
+        kwargs["initial"] = initial
+        super().__init__(*args, **kwargs)
         params = workflow.visible_parameters
         if workflow.takes_image:
             self.fields["image"] = forms.ImageField(
@@ -137,7 +138,7 @@ class GenerateForm(forms.Form):
             low, high = _bounded(name, options.get("min"), options.get("max"))
             low = parameter.minimum if parameter.minimum is not None else low
             high = parameter.maximum if parameter.maximum is not None else high
-            field_class = forms.IntegerField if kind == "INT" else forms.FloatField
+            field_class: Any = forms.IntegerField if kind == "INT" else forms.FloatField
             step = options.get("step", 1 if kind == "INT" else 0.1)
             return field_class(
                 label=label,
@@ -168,7 +169,8 @@ class GenerateForm(forms.Form):
         return reencoded_image(upload) if isinstance(upload, UploadedFile) else None
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         image_errors = {"image", "source_image"} & set(self.errors)
         if self.workflow.takes_image and not (data.get("image") or data.get("source_image") or image_errors):
             self.add_error("image", "Choose an image to start from.")

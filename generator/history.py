@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
@@ -26,6 +26,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from .backends import backend_health
 from .downloads import download_bytes, download_name
+from .http import AuthenticatedRequest
 from .models import Backend, GeneratedImage, Prompt
 from .stats import forget_user_totals, user_totals
 from .workflows import all_workflows
@@ -46,9 +47,8 @@ class HistoryFilterForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["workflow"].choices = [("", "All workflows")] + [
-            (n, w.title) for n, w in all_workflows().items()
-        ]
+        workflow_field: forms.ChoiceField = self.fields["workflow"]  # type: ignore[assignment]
+        workflow_field.choices = [("", "All workflows")] + [(n, w.title) for n, w in all_workflows().items()]
 
     def clean_workflow(self) -> str:
         return self.cleaned_data.get("workflow") or ""
@@ -143,7 +143,7 @@ def _paged(rows: list[Any]) -> HistoryPage:
 
 
 @require_GET
-def history(request: HttpRequest) -> HttpResponse:
+def history(request: AuthenticatedRequest) -> HttpResponse:
     form = HistoryFilterForm(request.GET or None)
     data = form.cleaned_data if form.is_valid() else {}
     show = data.get("show") or "images"
@@ -167,7 +167,7 @@ def history(request: HttpRequest) -> HttpResponse:
     return render(request, "generator/history.html", context)
 
 
-def _own_image(request: HttpRequest, pk: int) -> GeneratedImage:
+def _own_image(request: AuthenticatedRequest, pk: int) -> GeneratedImage:
     images = (
         GeneratedImage.objects.all()
         if request.user.is_staff
@@ -177,7 +177,7 @@ def _own_image(request: HttpRequest, pk: int) -> GeneratedImage:
 
 
 @require_GET
-def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def image_detail(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     image = _own_image(request, pk)
     prompt = image.prompt
     context = {
@@ -191,7 +191,7 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def toggle_favourite(request: HttpRequest, pk: int) -> HttpResponse:
+def toggle_favourite(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     image = _own_image(request, pk)
     if image.owner_id != request.user.pk:
         raise Http404
@@ -217,7 +217,7 @@ def delete_images(images: QuerySet[GeneratedImage]) -> int:
 
 
 @require_POST
-def delete_image(request: HttpRequest, pk: int) -> HttpResponse:
+def delete_image(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     image = _own_image(request, pk)
     if image.owner_id != request.user.pk and not request.user.is_staff:
         raise Http404
@@ -231,7 +231,7 @@ def delete_image(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_GET
-def download_image(request: HttpRequest, pk: int) -> HttpResponse:
+def download_image(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(visible_images(request.user), pk=pk)
     response = HttpResponse(download_bytes(image), content_type=image.content_type)
     response["Content-Disposition"] = f'attachment; filename="{download_name(image)}"'
@@ -242,7 +242,7 @@ MAX_BULK = 500
 
 
 @require_POST
-def bulk_action(request: HttpRequest) -> HttpResponse:
+def bulk_action(request: AuthenticatedRequest) -> HttpResponse:
     ids = [int(pk) for pk in request.POST.getlist("images") if pk.isdigit()][:MAX_BULK]
     images = GeneratedImage.objects.filter(owner=request.user, pk__in=ids)
     action = request.POST.get("action")
@@ -271,7 +271,7 @@ def _zip_response(images: QuerySet[GeneratedImage]) -> HttpResponse:
 
 
 @require_GET
-def staff_overview(request: HttpRequest) -> HttpResponse:
+def staff_overview(request: AuthenticatedRequest) -> HttpResponse:
     if not request.user.is_staff:
         raise Http404
     by_status = dict(Prompt.objects.values_list("status").annotate(n=Count("pk")).order_by())

@@ -45,8 +45,10 @@ def reencoded_image(upload: UploadedFile) -> bytes:
                         code="too_many_pixels",
                     )
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                converted = image.convert("RGBA" if "A" in image.getbands() or image.mode == "P" else "RGB")
+                upright = ImageOps.exif_transpose(image)
+                converted = upright.convert(
+                    "RGBA" if "A" in upright.getbands() or upright.mode == "P" else "RGB"
+                )
         except ValidationError:
             raise
         except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -7,13 +7,14 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Prefetch
 from django.db.models.fields.files import FieldFile
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
 from . import backends
 from .forms import GenerateForm
 from .history import visible_images
+from .http import AuthenticatedRequest
 from .jobs import note_place_shown
 from .live import queue_positions, render_card, render_cards
 from .models import GeneratedImage, Prompt
@@ -24,7 +25,7 @@ RECENT_JOBS = 20
 REFINE_WORKFLOW = "img2img"
 
 
-def _workflow_from(request: HttpRequest, default: str = DEFAULT_WORKFLOW) -> Workflow:
+def _workflow_from(request: AuthenticatedRequest, default: str = DEFAULT_WORKFLOW) -> Workflow:
     name = request.POST.get("workflow") or request.GET.get("workflow") or default
     try:
         return get_workflow(name)
@@ -33,12 +34,12 @@ def _workflow_from(request: HttpRequest, default: str = DEFAULT_WORKFLOW) -> Wor
 
 
 def _form(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     workflow: Workflow,
     catalog: backends.NodeCatalog,
-    data=None,
-    files=None,
-    initial=None,
+    data: Any = None,
+    files: Any = None,
+    initial: dict[str, Any] | None = None,
 ) -> GenerateForm:
     return GenerateForm(
         data,
@@ -51,7 +52,7 @@ def _form(
 
 
 def _form_context(
-    request: HttpRequest, workflow: Workflow, catalog: backends.NodeCatalog, form: GenerateForm
+    request: AuthenticatedRequest, workflow: Workflow, catalog: backends.NodeCatalog, form: GenerateForm
 ) -> dict[str, Any]:
     source = form["source_image"].value()
     source_image = (
@@ -67,7 +68,7 @@ def _form_context(
     }
 
 
-def _initial_from_history(request: HttpRequest) -> tuple[str, dict[str, Any]]:
+def _initial_from_history(request: AuthenticatedRequest) -> tuple[str, dict[str, Any]]:
     """?reuse=<job> fills the form with a job's settings; ?refine=<image> starts image-to-image."""
     reuse, refine = request.GET.get("reuse", ""), request.GET.get("refine", "")
     if reuse.isdigit():
@@ -83,7 +84,7 @@ def _initial_from_history(request: HttpRequest) -> tuple[str, dict[str, Any]]:
 
 
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedRequest) -> HttpResponse:
     default, initial = _initial_from_history(request)
     workflow = _workflow_from(request, default)
     prompts = list(
@@ -98,7 +99,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def generate_form(request: HttpRequest) -> HttpResponse:
+def generate_form(request: AuthenticatedRequest) -> HttpResponse:
     """The form for another workflow, swapped in when the user picks one."""
     workflow = _workflow_from(request)
     catalog = backends.node_catalog()
@@ -110,7 +111,7 @@ def generate_form(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-def generate(request: HttpRequest) -> HttpResponse:
+def generate(request: AuthenticatedRequest) -> HttpResponse:
     workflow = _workflow_from(request)
     catalog = backends.node_catalog()
     form = _form(request, workflow, catalog, request.POST, request.FILES)
@@ -134,18 +135,18 @@ def generate(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def job_card(request: HttpRequest, pk: int) -> HttpResponse:
+def job_card(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     prompt = get_object_or_404(Prompt.objects.prefetch_related("images"), pk=pk, owner=request.user)
     return HttpResponse(render_cards([prompt])[0])
 
 
 @require_POST
-def cancel(request: HttpRequest, pk: int) -> HttpResponse:
+def cancel(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     prompt = cancel_job(get_object_or_404(Prompt, pk=pk, owner=request.user))
     return HttpResponse(render_cards([prompt])[0])
 
 
-def _image_for(request: HttpRequest, pk: int) -> GeneratedImage:
+def _image_for(request: AuthenticatedRequest, pk: int) -> GeneratedImage:
     return get_object_or_404(visible_images(request.user), pk=pk)
 
 
@@ -154,7 +155,7 @@ def private_file(stored: FieldFile, content_type: str) -> HttpResponse:
     once this view has checked who may see them."""
     if settings.MEDIA_SENDFILE == "x-accel-redirect":
         response = HttpResponse(content_type=content_type)
-        response["X-Accel-Redirect"] = settings.MEDIA_ACCEL_PREFIX + stored.name
+        response["X-Accel-Redirect"] = settings.MEDIA_ACCEL_PREFIX + str(stored.name)
     elif settings.MEDIA_SENDFILE == "x-sendfile":
         response = HttpResponse(content_type=content_type)
         response["X-Sendfile"] = stored.path
@@ -168,13 +169,13 @@ def private_file(stored: FieldFile, content_type: str) -> HttpResponse:
 
 
 @require_GET
-def image_file(request: HttpRequest, pk: int) -> HttpResponse:
+def image_file(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     image = _image_for(request, pk)
     return private_file(image.file, image.content_type)
 
 
 @require_GET
-def image_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
+def image_thumbnail(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     image = _image_for(request, pk)
     if not image.thumbnail:
         return private_file(image.file, image.content_type)

@@ -117,6 +117,7 @@ def _sse(event: str, data: Any, event_id: int | str) -> str:
 
 def _live_data(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     kind = event["kind"]
+    fields: tuple[str, ...]
     if kind == "progress":
         fields = ("status", "node", "step", "steps", "progress")
     elif kind == "preview":

@@ -12,13 +12,14 @@ import json
 from typing import Any, Literal
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from ninja import Header, Query, Router, Schema, Status
 from pydantic import Field
 
 from generator.backends import node_catalog
 from generator.history import MAX_ID, after_cursor, date_bounds
+from generator.http import AuthenticatedRequest
 from generator.models import Prompt
 from generator.submissions import ApiOrigin, DuplicateRequest, cancel_job, start_job, wake_bridge
 from generator.webhooks import UnsafeWebhookUrl, check_url
@@ -35,7 +36,7 @@ ERRORS: dict[int, type] = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 429: Err
 QUOTA_RETRY_SECONDS = 60
 
 
-def site_base(request: HttpRequest) -> str:
+def site_base(request: AuthenticatedRequest) -> str:
     return f"{request.scheme}://{request.get_host()}"
 
 
@@ -127,7 +128,7 @@ def start_api_job(
 
 
 @router.get("/workflows", response={200: list[WorkflowOut], 401: ErrorOut}, url_name="workflows")
-def list_workflows(request: HttpRequest) -> list[dict[str, Any]]:
+def list_workflows(request: AuthenticatedRequest) -> list[dict[str, Any]]:
     """Every workflow, with each parameter's type, bounds, choices and default: what the web
     form is built from, and what `parameters` of POST /api/jobs takes."""
     catalog = node_catalog()
@@ -136,7 +137,7 @@ def list_workflows(request: HttpRequest) -> list[dict[str, Any]]:
 
 @router.post("/jobs", response={202: JobOut, **ERRORS, 422: ErrorOut}, url_name="jobs")
 def create_job(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     response: HttpResponse,
     body: JobIn,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
@@ -171,7 +172,7 @@ class JobFilters(Schema):
 
 
 @router.get("/jobs", response={200: JobPage, **ERRORS}, url_name="job_list")
-def list_jobs(request: HttpRequest, filters: Query[JobFilters]) -> dict[str, Any]:
+def list_jobs(request: AuthenticatedRequest, filters: Query[JobFilters]) -> dict[str, Any]:
     """Your jobs, newest first, a page at a time; filters as on the history page."""
     try:
         older = after_cursor(filters.cursor)
@@ -192,7 +193,7 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]) -> dict[str, Any
     return {"object": "list", "data": jobs_data(rows, site_base(request)), "next_cursor": next_cursor}
 
 
-def _visible_job(request: HttpRequest, pk: int) -> Prompt:
+def _visible_job(request: AuthenticatedRequest, pk: int) -> Prompt:
     prompt = jobs_visible_to(request.user).filter(pk=_job_id(pk)).first()
     if prompt is None:
         raise not_found()
@@ -200,13 +201,13 @@ def _visible_job(request: HttpRequest, pk: int) -> Prompt:
 
 
 @router.get("/jobs/{int:pk}", response={200: JobOut, **ERRORS}, url_name="job")
-def get_job(request: HttpRequest, pk: int) -> dict[str, Any]:
+def get_job(request: AuthenticatedRequest, pk: int) -> dict[str, Any]:
     """The job now: status, queue place, progress, error in words, outputs with links."""
     return jobs_data([_visible_job(request, pk)], site_base(request))[0]
 
 
 @router.delete("/jobs/{int:pk}", response={200: JobOut, **ERRORS}, url_name="job_cancel")
-def delete_job(request: HttpRequest, pk: int) -> dict[str, Any]:
+def delete_job(request: AuthenticatedRequest, pk: int) -> dict[str, Any]:
     """Cancel, as the web page's Cancel button does: a queued job is dropped at once (status
     `cancelled`); one handed to ComfyUI is deleted from its queue or interrupted (`cancelling`
     is true until the bridge confirms); a job that has ended stays as it is."""
@@ -232,7 +233,7 @@ def delete_job(request: HttpRequest, pk: int) -> dict[str, Any]:
     },
 )
 async def job_events(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     pk: int,
     last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=40),
 ) -> HttpResponse | StreamingHttpResponse:

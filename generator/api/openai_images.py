@@ -16,10 +16,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest
 from ninja import File, Form, Header, Router
 from ninja.files import UploadedFile
 
+from generator.http import AuthenticatedRequest
 from generator.workflows import DEFAULT_WORKFLOW, Workflow
 
 from .errors import ApiError
@@ -66,7 +66,9 @@ def _openai_parameters(
     return values
 
 
-async def _answer(request: HttpRequest, prompt_id: int, response_format: str | None) -> dict[str, Any]:
+async def _answer(
+    request: AuthenticatedRequest, prompt_id: int, response_format: str | None
+) -> dict[str, Any]:
     job = await wait_until_final(request.user, prompt_id, site_base(request))
     if job is None:
         raise ApiError(422, "The job was deleted before it finished.", code="job_deleted")
@@ -99,7 +101,7 @@ def _encoded_files(image_ids: list[int]) -> list[str]:
 
 @router.post("/images/generations", response=RESPONSES, url_name="image_generations")
 async def create_images(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     body: ImageGenerationIn,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
 ) -> dict[str, Any]:
@@ -115,7 +117,7 @@ async def create_images(
 
 @router.post("/images/edits", response=RESPONSES, url_name="image_edits")
 async def edit_image(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     image: File[UploadedFile],
     prompt: Form[str],
     model: Form[str | None] = None,

@@ -12,6 +12,7 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.files.uploadedfile import SimpleUploadedFile, UploadedFile
 
 from generator.backends import NodeCatalog
@@ -101,7 +102,7 @@ def form_error(form: GenerateForm) -> ApiError:
     """The form's first error as an API error naming the parameter; all of them in `fields`."""
     errors = {name: [str(m) for m in messages] for name, messages in form.errors.items()}
     name, messages = next(iter(errors.items()))
-    param = None if name == forms.forms.NON_FIELD_ERRORS else name
+    param = None if name == NON_FIELD_ERRORS else name
     message = f"{param}: {messages[0]}" if param else messages[0]
     return ApiError(400, message, param=param, code="invalid", extra={"fields": errors})
 
@@ -121,7 +122,7 @@ def describe_workflow(user: Any, workflow: Workflow, catalog: NodeCatalog) -> di
         kind = ID_PARAMETERS.get(name) or next(
             (t for cls, t in FIELD_TYPES if isinstance(field, cls)), "string"
         )
-        choices = [str(value) for value, _ in field.choices] if isinstance(field, forms.ChoiceField) else None
+        choices = [str(value) for value, _ in field.choices] if isinstance(field, forms.ChoiceField) else None  # type: ignore[misc, union-attr]
         parameters.append(
             {
                 "name": name,
