@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -33,6 +34,7 @@ import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
 from django.db.models import F
 from django.utils import timezone
 
@@ -186,17 +188,24 @@ class WebhookSender:
         resolver = None if settings.WEBHOOK_ALLOW_PRIVATE else PublicAddressResolver()
         connector = aiohttp.TCPConnector(resolver=resolver, limit=BATCH)
         timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT_SECONDS)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            while True:
-                try:
-                    claimed = await sync_to_async(claim_due)()
-                except Exception:
-                    logger.exception("Webhooks: could not read due deliveries")
-                    claimed = []
-                if claimed:
-                    await asyncio.gather(*(self.send(session, d, secret) for d, secret in claimed))
-                else:
-                    await asyncio.sleep(self.poll_seconds)
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                await self._send_due(session)
+        finally:
+            with contextlib.suppress(Exception):
+                await sync_to_async(connections.close_all)()
+
+    async def _send_due(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            try:
+                claimed = await sync_to_async(claim_due)()
+            except Exception:
+                logger.exception("Webhooks: could not read due deliveries")
+                claimed = []
+            if claimed:
+                await asyncio.gather(*(self.send(session, d, secret) for d, secret in claimed))
+            else:
+                await asyncio.sleep(self.poll_seconds)
 
     async def send(self, session: aiohttp.ClientSession, delivery: WebhookDelivery, secret: str) -> None:
         body = json.dumps(delivery.payload, separators=(",", ":")).encode()

@@ -13,6 +13,7 @@ import json
 import pytest
 from aiohttp import web
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.utils import timezone
 
 from generator.models import Prompt, WebhookDelivery
@@ -21,6 +22,14 @@ from generator.tests.factories import PromptFactory
 from generator.webhooks import WebhookSender, check_url, record_attempt, secret_for
 
 D = WebhookDelivery.Status
+
+
+@pytest.fixture(autouse=True)
+async def _close_async_connections():
+    """The async ORM and sync_to_async work on one long-lived thread: close its connection after
+    each test, or the test database cannot be dropped at the end (PostgreSQL)."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:

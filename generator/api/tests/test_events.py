@@ -7,6 +7,7 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.test import AsyncClient
 
 from generator.api.keys import create_key
@@ -16,6 +17,14 @@ from generator.models import Prompt
 from generator.tests.factories import PromptFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def _close_async_connections():
+    """The async ORM and sync_to_async work on one long-lived thread: close its connection after
+    each test, or the test database cannot be dropped at the end (PostgreSQL)."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def parse(chunks: list[bytes]) -> list[tuple[str, str, dict]]:
