@@ -149,10 +149,15 @@ def test_when_the_queue_moves_each_user_is_told_once_of_their_jobs_whose_place_c
     alice, bob = UserFactory(), UserFactory()
     alices = [PromptFactory(owner=alice), PromptFactory(owner=alice)]
     bobs = PromptFactory(owner=bob)
-    told = {relay.owner_id: relay.html for relay in moved_queue_places()}
+    relays = moved_queue_places()
+    told = {relay.owner_id: relay.html for relay in relays}
     assert set(told) == {alice.pk, bob.pk}  # one message per user...
     assert all(f"prompt-{p.pk}-progress" in told[alice.pk] for p in alices)  # ...with all their lines
     assert "#3 in the queue" in told[alice.pk]  # fair order: alice, bob, alice
+    # The same moves as data, for the API's event streams.
+    events = {e["job"]: e for relay in relays for e in relay.events}
+    assert events[alices[1].pk] == {"job": alices[1].pk, "kind": "queue", "place": 3}
+    assert events[bobs.pk]["place"] == 2
 
     carol = UserFactory()
     PromptFactory(owner=carol)  # a first job: it goes ahead of alice's second, not of bob's
