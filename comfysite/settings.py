@@ -242,6 +242,8 @@ DOWNLOAD_KEEPS_WORKFLOW = env_bool("DOWNLOAD_KEEPS_WORKFLOW", False)
 MAX_UPLOAD_BYTES = int(os.environ.get("MAX_UPLOAD_BYTES", str(10 * 1024 * 1024)))
 MAX_UPLOAD_PIXELS = int(os.environ.get("MAX_UPLOAD_PIXELS", str(4096 * 4096)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Request bodies other than uploaded files: room for an image sent base64 in the API's JSON.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES * 4 // 3 + 1024 * 1024
 
 # Per-user limits for users in no group with a quota (admin: Generator › Quotas). Running counts
 # jobs handed to ComfyUI, so 2 lets one wait behind the running one and the GPU never idles.

@@ -20,7 +20,7 @@ urlpatterns = [
         name="password_reset_confirm",
     ),
     path("api-keys/", api_keys.api_keys, name="api-keys"),
-    path("api-keys/<int:pk>/revoke/", api_keys.revoke, name="api-key-revoke"),
+    path("api-keys/<id:pk>/revoke/", api_keys.revoke, name="api-key-revoke"),
     path("api-keys/webhook-secret/", api_keys.new_webhook_secret, name="webhook-secret-rotate"),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
 ]

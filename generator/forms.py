@@ -9,6 +9,7 @@ from django import forms
 from django.core.files.uploadedfile import UploadedFile
 
 from .models import GeneratedImage, Prompt
+from .parsing import MAX_ID
 from .uploads import reencoded_image
 from .workflows import Parameter, Workflow
 
@@ -61,8 +62,8 @@ def _bounded(name: str, low: Any, high: Any) -> tuple[Any, Any]:
 class GenerateForm(forms.Form):
     """Fields appear only for parameters the workflow has; choices and ranges come from ComfyUI."""
 
-    source_image = forms.IntegerField(required=False, widget=forms.HiddenInput)
-    parent = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    source_image = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
+    parent = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
 
     def __init__(
         self, *args: Any, workflow: Workflow, object_info: dict[str, Any], user: Any = None, **kwargs: Any

@@ -28,6 +28,7 @@ from .backends import backend_health
 from .downloads import download_bytes, download_name
 from .http import AuthenticatedRequest
 from .models import Backend, GeneratedImage, Prompt
+from .parsing import parse_id, parse_ids
 from .stats import forget_user_totals, user_totals
 from .workflows import all_workflows
 
@@ -65,9 +66,6 @@ def visible_images(user: Any) -> QuerySet[GeneratedImage]:
     return images
 
 
-MAX_ID = 2**63 - 1  # the databases' largest integer key: a larger id finds nothing
-
-
 def date_bounds(data: dict[str, Any]) -> Q:
     """Rows made on or after `since` and on or before `until` (dates, whole days in UTC)."""
     condition = Q()
@@ -89,9 +87,10 @@ def after_cursor(cursor: str | None) -> Q:
         return Q()
     stamp, _, pk = cursor.rpartition("_")
     moment = parse_datetime(stamp)  # ValueError for a well-formed impossible date
-    if moment is None or not (pk.isascii() and pk.isdigit()) or int(pk) > MAX_ID:
+    last_id = parse_id(pk)
+    if moment is None or last_id is None:
         raise ValueError(f"Not a page cursor: {cursor!r}")
-    return Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=int(pk))
+    return Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=last_id)
 
 
 def _tolerant_cursor(cursor: str | None) -> Q:
@@ -243,7 +242,7 @@ MAX_BULK = 500
 
 @require_POST
 def bulk_action(request: AuthenticatedRequest) -> HttpResponse:
-    ids = [int(pk) for pk in request.POST.getlist("images") if pk.isdigit()][:MAX_BULK]
+    ids = parse_ids(request.POST.getlist("images"))[:MAX_BULK]
     images = GeneratedImage.objects.filter(owner=request.user, pk__in=ids)
     action = request.POST.get("action")
     if not ids:

@@ -18,6 +18,7 @@ from .http import AuthenticatedRequest
 from .jobs import note_place_shown
 from .live import queue_positions, render_card, render_cards
 from .models import GeneratedImage, Prompt
+from .parsing import parse_id
 from .submissions import cancel_job, start_job, wake_bridge
 from .workflows import DEFAULT_WORKFLOW, Workflow, WorkflowError, all_workflows, get_workflow
 
@@ -54,10 +55,8 @@ def _form(
 def _form_context(
     request: AuthenticatedRequest, workflow: Workflow, catalog: backends.NodeCatalog, form: GenerateForm
 ) -> dict[str, Any]:
-    source = form["source_image"].value()
-    source_image = (
-        visible_images(request.user).filter(pk=source).first() if str(source or "").isdigit() else None
-    )
+    source = parse_id(form["source_image"].value())
+    source_image = visible_images(request.user).filter(pk=source).first() if source else None
     problems = {name: catalog.problems(w) for name, w in all_workflows().items()}
     return {
         "form": form,
@@ -70,13 +69,15 @@ def _form_context(
 
 def _initial_from_history(request: AuthenticatedRequest) -> tuple[str, dict[str, Any]]:
     """?reuse=<job> fills the form with a job's settings; ?refine=<image> starts image-to-image."""
-    reuse, refine = request.GET.get("reuse", ""), request.GET.get("refine", "")
-    if reuse.isdigit():
-        prompt = get_object_or_404(Prompt, pk=reuse, owner=request.user)
+    reuse, refine = request.GET.get("reuse"), request.GET.get("refine")
+    if reuse:
+        prompt = get_object_or_404(Prompt, pk=parse_id(reuse) or 0, owner=request.user)
         initial = {**prompt.params, "prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
         return prompt.workflow, {**initial, "parent": prompt.pk}
-    if refine.isdigit():
-        image = get_object_or_404(visible_images(request.user).select_related("prompt"), pk=refine)
+    if refine:
+        image = get_object_or_404(
+            visible_images(request.user).select_related("prompt"), pk=parse_id(refine) or 0
+        )
         prompt = image.prompt
         initial = {"prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
         return REFINE_WORKFLOW, {**initial, "source_image": image.pk, "parent": prompt.pk}

@@ -260,7 +260,7 @@ def map_parameters(graph: dict[str, Any]) -> dict[str, Parameter]:
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
-    return (int(node_id), node_id) if node_id.isdigit() else (1 << 30, node_id)
+    return (int(node_id), node_id) if node_id.isascii() and node_id.isdigit() else (1 << 30, node_id)
 
 
 def validate_graph(graph: Any) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 
@@ -79,6 +81,15 @@ def install_error_handlers(api: NinjaAPI) -> None:
         return ApiError(
             429, message, type="rate_limit_error", code="rate_limited", headers={"Retry-After": str(wait)}
         ).response()
+
+    @api.exception_handler(SuspiciousOperation)
+    def suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
+        # A body too large (RequestDataTooBig), too many fields or files: Django refuses to read it.
+        return ApiError(400, f"The request was refused: {exc}", code="request_refused").response()
+
+    @api.exception_handler(MultiPartParserError)
+    def bad_multipart(request: HttpRequest, exc: MultiPartParserError) -> HttpResponse:
+        return ApiError(400, f"The body is not valid multipart/form-data: {exc}", code="invalid").response()
 
     @api.exception_handler(Http404)
     def missing(request: HttpRequest, exc: Http404) -> HttpResponse:

@@ -18,9 +18,10 @@ from ninja import Header, Query, Router, Schema, Status
 from pydantic import Field
 
 from generator.backends import node_catalog
-from generator.history import MAX_ID, after_cursor, date_bounds
+from generator.history import after_cursor, date_bounds
 from generator.http import AuthenticatedRequest
 from generator.models import Prompt
+from generator.parsing import MAX_ID
 from generator.submissions import ApiOrigin, DuplicateRequest, cancel_job, start_job, wake_bridge
 from generator.webhooks import UnsafeWebhookUrl, check_url
 from generator.workflows import all_workflows
@@ -38,6 +39,19 @@ QUOTA_RETRY_SECONDS = 60
 
 def site_base(request: AuthenticatedRequest) -> str:
     return f"{request.scheme}://{request.get_host()}"
+
+
+# One event of the stream, as OpenAPI 3.1 tools read a text/event-stream schema.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["status", "queue", "progress", "preview", "finished"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 
 def checked_webhook_url(url: str) -> str:
@@ -200,13 +214,13 @@ def _visible_job(request: AuthenticatedRequest, pk: int) -> Prompt:
     return prompt
 
 
-@router.get("/jobs/{int:pk}", response={200: JobOut, **ERRORS}, url_name="job")
+@router.get("/jobs/{pk}", response={200: JobOut, **ERRORS}, url_name="job")
 def get_job(request: AuthenticatedRequest, pk: int) -> dict[str, Any]:
     """The job now: status, queue place, progress, error in words, outputs with links."""
     return jobs_data([_visible_job(request, pk)], site_base(request))[0]
 
 
-@router.delete("/jobs/{int:pk}", response={200: JobOut, **ERRORS}, url_name="job_cancel")
+@router.delete("/jobs/{pk}", response={200: JobOut, **ERRORS}, url_name="job_cancel")
 def delete_job(request: AuthenticatedRequest, pk: int) -> dict[str, Any]:
     """Cancel, as the web page's Cancel button does: a queued job is dropped at once (status
     `cancelled`); one handed to ComfyUI is deleted from its queue or interrupted (`cancelling`
@@ -216,7 +230,7 @@ def delete_job(request: AuthenticatedRequest, pk: int) -> dict[str, Any]:
 
 
 @router.get(
-    "/jobs/{int:pk}/events",
+    "/jobs/{pk}/events",
     response={200: None, 204: None, **ERRORS},
     url_name="job_events",
     openapi_extra={
@@ -227,7 +241,7 @@ def delete_job(request: AuthenticatedRequest, pk: int) -> dict[str, Any]:
                 "{mime_type, data (base64)}, and `finished` (the job as it ended), after which "
                 "the stream ends. Reconnect with `Last-Event-ID` to resume: you get the job's "
                 "state now, then what follows; 204 once you have seen `finished`.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
             },
         }
     },

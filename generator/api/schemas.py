@@ -110,7 +110,7 @@ class JobPage(Schema):
 
 
 class ImageGenerationIn(Schema):
-    prompt: str = Field(max_length=4000)
+    prompt: str = Field(min_length=1, max_length=4000)
     model: str | None = Field(None, max_length=100, description="A workflow name, or left out.")
     n: int | None = Field(1, description="Images to make: the workflow's batch size.")
     size: str | None = Field(None, max_length=20, description='"WxH", e.g. "512x768", or "auto".')

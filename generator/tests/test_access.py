@@ -29,7 +29,8 @@ def named_routes(resolver=None, namespace=""):
 
 def placeholder_kwargs(pattern: URLPattern) -> dict:
     converters = getattr(pattern.pattern, "converters", {})
-    return {name: "1" if type(conv).__name__ == "IntConverter" else "x" for name, conv in converters.items()}
+    numeric = ("IntConverter", "IdConverter")
+    return {name: "1" if type(conv).__name__ in numeric else "x" for name, conv in converters.items()}
 
 
 # Not pages: the API (its key or a 401; its schema and docs are public) and signed image links

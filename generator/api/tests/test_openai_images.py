@@ -33,7 +33,7 @@ def generate(client, **body):
         ({"model": "gpt-image-1"}, "model", "no workflow 'gpt-image-1'"),
         ({"response_format": "jpeg"}, "response_format", "url"),
         ({"parameters": {"steps": 0}}, "steps", "greater than or equal to 1"),
-        ({"prompt": ""}, "prompt", "required"),
+        ({"prompt": ""}, "prompt", "at least 1 character"),
     ],
 )
 def test_bad_requests_are_openai_shaped_400s_and_start_nothing(api, body, param, words):
