@@ -12,9 +12,10 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, IntegerField, Q, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from .models import GeneratedImage, Prompt, Quota
+from .models import Prompt, Quota
 
 S = Prompt.Status
 LIMITS = ("max_queued", "max_running", "max_images_per_day")
@@ -41,15 +42,28 @@ def limits_for(user: Any) -> Limits:
 
 
 def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
-    """Why `user` may not queue another job now, in words; None when they may."""
+    """Why `user` may not queue another job now, in words; None when they may.
+
+    The daily limit counts what was made, not what is kept: the images of the user's jobs that
+    succeeded in the last 24 hours (deleting them gives nothing back), plus those of every job
+    still waiting or running. A job's images are its batch size.
+    """
     limits = limits_for(user)
     if limits.max_queued is None and limits.max_images_per_day is None:
         return None
-    unfinished = Prompt.objects.filter(owner=user, status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES])
+    since = timezone.now() - datetime.timedelta(days=1)
+    unfinished = Q(status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES])
+    made_today = Q(status=S.SUCCEEDED, finished_at__gte=since)
     # Counted by the database: a user may have hundreds of jobs waiting.
     images_of_job = Coalesce(Cast(KT("params__batch_size"), IntegerField()), 1)
-    totals = unfinished.aggregate(
-        waiting=Count("pk", filter=Q(status=S.QUEUED)), images=Coalesce(Sum(images_of_job), 0)
+    totals = (
+        Prompt.objects.filter(owner=user)
+        .filter(unfinished | made_today)
+        .aggregate(
+            waiting=Count("pk", filter=Q(status=S.QUEUED)),
+            pending=Coalesce(Sum(images_of_job, filter=unfinished), 0),
+            made=Coalesce(Sum(images_of_job, filter=made_today), 0),
+        )
     )
     waiting = totals["waiting"]
     if limits.max_queued is not None and waiting >= limits.max_queued:
@@ -57,14 +71,14 @@ def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
             f"You already have {waiting} jobs waiting, the most you may queue at once. "
             "Try again when some have run."
         )
-    if limits.max_images_per_day is not None:
-        since = timezone.now() - datetime.timedelta(days=1)
-        made = GeneratedImage.objects.filter(owner=user, created_at__gte=since).count()
-        if made + totals["images"] + batch_size > limits.max_images_per_day:
-            return (
-                f"You have made {made} images in the last 24 hours (limit {limits.max_images_per_day}); "
-                "this job would pass the limit. Try again later."
-            )
+    limit = limits.max_images_per_day
+    if limit is not None and totals["made"] + totals["pending"] + batch_size > limit:
+        made, pending = totals["made"], totals["pending"]
+        coming = f" and {pending} more {pluralize(pending, 'is,are')} on the way" if pending else ""
+        return (
+            f"You have made {made} image{pluralize(made)} in the last 24 hours{coming} "
+            f"(limit {limit} a day); {batch_size} more would pass the limit. Try again later."
+        )
     return None
 
 

@@ -5,7 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from generator.jobs import claim_next_job
-from generator.models import Prompt
+from generator.models import GeneratedImage, Prompt
 from generator.scheduling import fair_order
 
 from .factories import PromptFactory, UserFactory
@@ -112,7 +112,28 @@ def test_the_daily_image_limit_counts_made_and_pending_images(user_client, user,
 
     response = user_client.post(reverse("generate"), valid_data(batch_size="2"), **HTMX)
 
-    assert "limit 3" in response.text
+    assert "limit 3 a day" in response.text
+    assert "made 0 images in the last 24 hours and 2 more are on the way" in response.text
+
+
+def test_deleting_images_does_not_give_back_the_days_allowance(user_client, user, settings):
+    from django.urls import reverse
+
+    from .factories import GeneratedImageFactory
+    from .test_generate_views import HTMX, valid_data
+
+    settings.DEFAULT_QUOTA = {**settings.DEFAULT_QUOTA, "max_images_per_day": 2}
+    done = PromptFactory(owner=user, params={"batch_size": 2})
+    done.transition_to(Prompt.Status.SUBMITTED)
+    done.transition_to(Prompt.Status.SUCCEEDED)
+    GeneratedImageFactory(prompt=done)
+    GeneratedImageFactory(prompt=done)
+    GeneratedImage.objects.filter(owner=user).delete()
+
+    response = user_client.post(reverse("generate"), valid_data(), **HTMX)
+
+    assert "You have made 2 images in the last 24 hours (limit 2 a day)" in response.text
+    assert Prompt.objects.filter(owner=user).count() == 1
 
 
 def test_a_group_quota_lifts_the_default_limits(user):
