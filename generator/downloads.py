@@ -8,10 +8,13 @@ re-encoded.
 
 from __future__ import annotations
 
+import io
 import struct
+import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from .models import GeneratedImage
@@ -57,7 +60,9 @@ def strip_graph(data: bytes, parameters: str) -> bytes:
         if kind in TEXT_CHUNKS and payload.split(b"\0", 1)[0] in GRAPH_KEYWORDS:
             continue
         if kind == b"IEND":
-            out.append(_chunk(b"tEXt", b"parameters\0" + parameters.encode("latin-1", "replace")))
+            # iTXt (keyword, no compression, no language): UTF-8, so any prompt survives; tEXt is
+            # Latin-1 only, and "🎨 … שלום" came out as "?? ????".
+            out.append(_chunk(b"iTXt", b"parameters\0\0\0\0\0" + parameters.encode("utf-8")))
         out.append(raw)
     return b"".join(out)
 
@@ -83,3 +88,44 @@ def download_bytes(image: GeneratedImage) -> bytes:
 def download_name(image: GeneratedImage) -> str:
     extension = image.file.name.rsplit(".", 1)[-1] if "." in image.file.name else "bin"
     return f"comfysite-{image.prompt_id}-{image.node_id}-{image.output_index}.{extension}"
+
+
+class _Collected(io.RawIOBase):
+    """An unseekable file that keeps what is written until taken: zipfile writes its archive
+    into it (with data descriptors, since it cannot seek back), a member at a time."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def zip_parts(images: Iterable[GeneratedImage]) -> Iterator[bytes]:
+    """A zip of the images' downloads, produced one image at a time (stored: PNG, WebP and JPEG
+    are compressed already)."""
+    collected = _Collected()
+    with zipfile.ZipFile(collected, "w", compression=zipfile.ZIP_STORED) as archive:
+        for image in images:
+            archive.writestr(download_name(image), download_bytes(image))
+            yield collected.take()
+    yield collected.take()
+
+
+async def zip_stream(images: Iterable[GeneratedImage]) -> AsyncIterator[bytes]:
+    """`zip_parts` for an ASGI response: each image is read on the request's thread, and between
+    two images that thread serves other requests. (A synchronous iterator would be read whole into
+    memory by Django's ASGI handler before the first byte is sent.)"""
+    parts = zip_parts(images)
+    next_part = sync_to_async(next)
+    while (part := await next_part(parts, None)) is not None:
+        if part:
+            yield part
