@@ -125,7 +125,10 @@ async def zip_stream(images: Iterable[GeneratedImage]) -> AsyncIterator[bytes]:
     two images that thread serves other requests. (A synchronous iterator would be read whole into
     memory by Django's ASGI handler before the first byte is sent.)"""
     parts = zip_parts(images)
-    next_part = sync_to_async(next)
-    while (part := await next_part(parts, None)) is not None:
+
+    def next_part() -> bytes | None:
+        return next(parts, None)
+
+    while (part := await sync_to_async(next_part)()) is not None:
         if part:
             yield part
