@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.core.cache import cache
 from django.template.loader import render_to_string
 
@@ -126,6 +127,8 @@ def card_context(
         "live": live,
         "position": position,
         "images": images,
+        # Cards are their owner's: images a moderator took away, or not yet approved, show a note.
+        "show_unreviewed": settings.SHOW_IMAGES_BEFORE_REVIEW,
     }
 
 
@@ -144,7 +147,8 @@ def render_progress(prompt: Prompt, *, live: LiveState, position: int | None = N
 
 
 def render_image(image: GeneratedImage) -> str:
-    return render_to_string("generator/partials/image_card.html", {"image": image})
+    context = {"image": image, "show_unreviewed": settings.SHOW_IMAGES_BEFORE_REVIEW}
+    return render_to_string("generator/partials/image_card.html", context)
 
 
 def unfinished_cards(user_id: int) -> list[str]:

@@ -234,3 +234,14 @@ def test_the_new_card_catches_up_on_updates_that_beat_it_to_the_page(user_client
     assert 'hx-trigger="load delay:300ms"' in response.text
     refreshed = user_client.get(reverse("job-card", args=[prompt.pk]))
     assert "hx-trigger" not in refreshed.text.split(">", 1)[0]  # only once
+
+
+def test_a_rejected_image_shows_a_note_on_its_job_card_not_a_broken_image(user_client, user):
+    from .factories import GeneratedImageFactory
+
+    image = GeneratedImageFactory(prompt=PromptFactory(owner=user), review_status="rejected")
+
+    page = user_client.get(reverse("home")).text
+
+    assert "Removed by a moderator" in page
+    assert reverse("image-thumbnail", args=[image.pk]) not in page
