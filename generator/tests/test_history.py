@@ -146,7 +146,7 @@ def test_the_detail_page_shows_the_prompt_and_every_parameter(user_client, image
     response = user_client.get(reverse("image-detail", args=[image.pk]))
 
     assert "a quiet harbour" in response.text
-    assert "seed" in response.text
+    assert "<dt>Seed</dt>" in response.text
     assert reverse("image-file", args=[image.pk]) in response.text
 
 
