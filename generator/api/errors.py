@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
@@ -42,6 +43,12 @@ class ApiError(Exception):
 
 def not_found(what: str = "No such job.") -> ApiError:
     return ApiError(404, what, code="not_found")
+
+
+@login_not_required
+def no_such_route(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other address under /api/ or /v1/: the API's own 404, not the site's HTML page."""
+    return not_found(f"There is no {request.path}; see /api/docs.").response()
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:

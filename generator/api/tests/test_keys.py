@@ -69,6 +69,14 @@ def test_a_key_with_the_right_prefix_but_wrong_secret_is_refused(user):
     assert key_client(key[:-2] + "xx").get("/api/jobs").status_code == 401
 
 
+@pytest.mark.parametrize("path", ["/api/nothing", "/api/jobs/1/nothing", "/v1/models", "/v1/"])
+def test_an_unknown_api_address_is_a_json_404(api, path):
+    response = api.get(path)
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
 def test_a_deactivated_users_keys_stop_working(user, api):
     user.is_active = False
     user.save()
