@@ -88,8 +88,15 @@ def after_cursor(cursor: str | None) -> Q:
     stamp, _, pk = cursor.rpartition("_")
     moment = parse_datetime(stamp)  # ValueError for a well-formed impossible date
     last_id = parse_id(pk)
-    if moment is None or last_id is None:
+    # Our cursors carry their UTC offset. Without one the database would guess a time zone (and
+    # warn); with an extreme one ("0001-01-01T00:00+23:59") the time is before year 1 in UTC,
+    # where converting it for the query raises OverflowError.
+    if moment is None or moment.tzinfo is None or last_id is None:
         raise ValueError(f"Not a page cursor: {cursor!r}")
+    try:
+        moment = moment.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError(f"Not a page cursor: {cursor!r}") from None
     return Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=last_id)
 
 
