@@ -4,22 +4,70 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.cache import cache
 
 from .live import unfinished_cards, user_group
 
 UNAUTHENTICATED = 4401
+TOO_MANY_SOCKETS = 4429
+
+# A user has a tab or two open, each with one socket; twenty is generous. Without a cap one user
+# could hold a thousand sockets, each costing a group membership and a copy of every fragment.
+MAX_SOCKETS_PER_USER = 20
+# The count lives in the cache, so it holds across web processes. A process killed outright
+# never says its sockets closed: the count is forgotten an hour after the user's last connect,
+# so such leftovers cannot lock anyone out for long.
+SOCKET_COUNT_SECONDS = 3600
+
+
+def _socket_count_key(user_id: int) -> str:
+    return f"jobs-sockets:{user_id}"
+
+
+def claim_socket(user_id: int) -> bool:
+    """Count one more open socket for the user; False (and nothing counted) past the cap."""
+    key = _socket_count_key(user_id)
+    cache.add(key, 0, SOCKET_COUNT_SECONDS)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, SOCKET_COUNT_SECONDS)
+        count = 1
+    cache.touch(key, SOCKET_COUNT_SECONDS)
+    if count > MAX_SOCKETS_PER_USER:
+        release_socket(user_id)
+        return False
+    return True
+
+
+def release_socket(user_id: int) -> None:
+    key = _socket_count_key(user_id)
+    try:
+        if cache.decr(key) < 0:  # the count expired while this socket was open
+            cache.set(key, 0, SOCKET_COUNT_SECONDS)
+    except ValueError:  # expired: nothing left to release
+        pass
 
 
 class JobsConsumer(AsyncWebsocketConsumer):
     group: str | None = None
+    counted_user: int | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
+        if not await sync_to_async(claim_socket)(user.pk):
+            # Accepted only to be closed with a code that says why: a refused handshake
+            # reaches the browser as a bare 1006.
+            await self.accept()
+            await self.close(code=TOO_MANY_SOCKETS)
+            return
+        self.counted_user = user.pk
         self.group = user_group(user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
@@ -28,6 +76,9 @@ class JobsConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=html)
 
     async def disconnect(self, code: int) -> None:
+        if self.counted_user is not None:
+            await sync_to_async(release_socket)(self.counted_user)
+            self.counted_user = None
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -45,3 +96,12 @@ class JobsConsumer(AsyncWebsocketConsumer):
 
     async def job_html(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["html"])
+
+
+class UnknownPathConsumer(AsyncWebsocketConsumer):
+    """Any other websocket path: the handshake is refused (HTTP 403). Channels' router raises
+    for a path it does not know, which the server logs as a traceback and answers 500: anyone
+    could fill the log."""
+
+    async def connect(self) -> None:
+        await self.close()
