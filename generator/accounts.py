@@ -47,9 +47,19 @@ def _client_address(request: HttpRequest) -> str:
     return request.META.get("REMOTE_ADDR", "unknown")
 
 
-def _failure_keys(request: HttpRequest, username: str) -> list[str]:
+def _failure_limits(request: HttpRequest, username: str) -> list[tuple[str, int]]:
+    """The counters a failed log-in adds to, each with the failures it allows in the window.
+
+    Per username the limit is tight: that is what stops guessing one account's password. Per
+    address it is far looser: many people may share one address (an office behind one proxy,
+    a mobile carrier's NAT), and a tight limit there would let anyone lock all of them out by
+    failing five times; it only stops one address from trying many accounts.
+    """
     digest = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-    return [f"login-failures:user:{digest}", f"login-failures:addr:{_client_address(request)}"]
+    return [
+        (f"login-failures:user:{digest}", settings.LOGIN_FAILURE_LIMIT),
+        (f"login-failures:addr:{_client_address(request)}", settings.LOGIN_FAILURE_LIMIT_PER_ADDRESS),
+    ]
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
@@ -61,8 +71,8 @@ class ThrottledAuthenticationForm(AuthenticationForm):
     }
 
     def clean(self) -> dict:
-        keys = _failure_keys(self.request, self.data.get("username", "")) if self.request else []
-        if any(cache.get(key, 0) >= settings.LOGIN_FAILURE_LIMIT for key in keys):
+        limits = _failure_limits(self.request, self.data.get("username", "")) if self.request else []
+        if any(cache.get(key, 0) >= limit for key, limit in limits):
             raise forms.ValidationError(
                 self.error_messages["throttled"],
                 code="throttled",
@@ -71,7 +81,7 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         try:
             return super().clean()
         except forms.ValidationError:
-            for key in keys:
+            for key, _ in limits:
                 cache.add(key, 0, settings.LOGIN_FAILURE_WINDOW_SECONDS)
                 try:
                     cache.incr(key)
