@@ -8,9 +8,10 @@ from typing import Any
 from django import forms
 from django.core.files.uploadedfile import UploadedFile
 
+from .history import visible_images
 from .models import GeneratedImage, Prompt
-from .parsing import MAX_ID
-from .uploads import reencoded_image
+from .parsing import MAX_ID, parse_id
+from .uploads import output_size_problem, png_size, reencoded_image, size_problem
 from .workflows import Parameter, Workflow
 
 MAX_SEED = 2**53 - 1  # what a browser's number input holds exactly
@@ -51,6 +52,46 @@ def input_spec(object_info: dict[str, Any], class_type: str, input_name: str) ->
     return None, {}
 
 
+class IdField(forms.IntegerField):
+    """A hidden id, read as every id from a request is (generator/parsing.py): ASCII digits that
+    fit the database. `int()` would take "١٢" (Arabic-Indic digits) for 12."""
+
+    widget = forms.HiddenInput
+
+    def __init__(self, *, label: str, refusal: str) -> None:
+        super().__init__(
+            label=label,
+            required=False,
+            min_value=1,
+            max_value=MAX_ID,
+            error_messages={"invalid": refusal, "min_value": refusal, "max_value": refusal},
+        )
+
+    def to_python(self, value: Any) -> int | None:
+        if value in self.empty_values:
+            return None
+        pk = parse_id(value.strip() if isinstance(value, str) else value)
+        if pk is None:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        return pk
+
+
+class UploadedImageField(forms.ImageField):
+    """An image upload whose checks are ours (generator/uploads.py, in clean_image), so that
+    each refusal says why: Django's ImageField says "Upload a valid image" alike for a
+    decompression bomb, a truncated file and an SVG. What counts is what Pillow reads in the
+    file, not its name: no extension check."""
+
+    default_validators: list[Any] = []
+
+    def to_python(self, data: Any) -> Any:
+        return forms.FileField.to_python(self, data)
+
+
+NOT_YOUR_IMAGE = "That image is not one of yours."
+NOT_YOUR_JOB = "That earlier job is not one of yours."
+
+
 def _bounded(name: str, low: Any, high: Any) -> tuple[Any, Any]:
     site_low, site_high = SITE_LIMITS.get(name, (low, high))
     return (
@@ -62,8 +103,9 @@ def _bounded(name: str, low: Any, high: Any) -> tuple[Any, Any]:
 class GenerateForm(forms.Form):
     """Fields appear only for parameters the workflow has; choices and ranges come from ComfyUI."""
 
-    source_image = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
-    parent = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
+    # Set by Refine and Reuse settings. Hidden, so their errors show at the top of the form.
+    source_image = IdField(label="Image to start from", refusal=NOT_YOUR_IMAGE)
+    parent = IdField(label="Earlier job", refusal=NOT_YOUR_JOB)
 
     def __init__(
         self, *args: Any, workflow: Workflow, object_info: dict[str, Any], user: Any = None, **kwargs: Any
@@ -78,7 +120,7 @@ class GenerateForm(forms.Form):
         super().__init__(*args, **kwargs)
         params = workflow.visible_parameters
         if workflow.takes_image:
-            self.fields["image"] = forms.ImageField(
+            self.fields["image"] = UploadedImageField(
                 label="Image to start from",
                 required=False,
                 help_text="PNG, JPEG or WebP. Or use Refine on one of your images.",
@@ -153,17 +195,35 @@ class GenerateForm(forms.Form):
         return None
 
     def clean_source_image(self) -> GeneratedImage | None:
+        """One of the images the user may see: a rejected image must not come back into view as
+        the source of a copy (an upscale at ×1 is a pixel-identical one)."""
         pk = self.cleaned_data.get("source_image")
         if pk is None:
             return None
-        image = GeneratedImage.objects.filter(pk=pk, owner=self.user).first()
+        image = visible_images(self.user).filter(pk=pk).first() if self.user is not None else None
         if image is None:
-            raise forms.ValidationError("That image is not one of yours.")
+            raise forms.ValidationError(self._refused_source_reason(pk))
+        problem = size_problem(image.width, image.height) if image.width and image.height else None
+        if problem:
+            raise forms.ValidationError(problem)
         return image
+
+    def _refused_source_reason(self, pk: int) -> str:
+        own = GeneratedImage.objects.filter(pk=pk, owner=self.user).first() if self.user is not None else None
+        if own is None:
+            return NOT_YOUR_IMAGE
+        if own.review_status == GeneratedImage.Review.REJECTED:
+            return "That image was removed by a moderator; it cannot be used to start from."
+        return "That image is waiting for a moderator's review; it can be used once approved."
 
     def clean_parent(self) -> Prompt | None:
         pk = self.cleaned_data.get("parent")
-        return Prompt.objects.filter(pk=pk, owner=self.user).first() if pk else None
+        if pk is None:
+            return None
+        parent = Prompt.objects.filter(pk=pk, owner=self.user).first() if self.user is not None else None
+        if parent is None:
+            raise forms.ValidationError(NOT_YOUR_JOB)
+        return parent
 
     def clean_image(self) -> bytes | None:
         upload = self.cleaned_data.get("image")
@@ -183,7 +243,51 @@ class GenerateForm(forms.Form):
             value = data.get(name)
             if isinstance(value, int) and value % 8:
                 self.add_error(name, "Must be a multiple of 8.")
+        self._check_output_size()
         return data
+
+    def _input_size(self) -> tuple[int, int] | None:
+        data = self.cleaned_data
+        if data.get("image"):
+            return png_size(data["image"])
+        source = data.get("source_image")
+        if isinstance(source, GeneratedImage) and source.width and source.height:
+            return source.width, source.height
+        return None
+
+    def _output_scale(self) -> float | None:
+        """How many times larger than its input image the workflow's result is: the product of
+        its nodes' `scale_by` inputs (ComfyUI's ImageScaleBy and LatentUpscaleBy), each as set
+        on the form or as the workflow fixes it. None while a scale on the form is invalid (its
+        own error shows). Model upscalers (ImageUpscaleWithModel) scale by their model's factor,
+        which the graph does not say; no shipped workflow uses one."""
+        set_by = {(p.node_id, p.input_name): name for name, p in self.workflow.parameters.items()}
+        scale = 1.0
+        for node_id, node in self.workflow.graph.items():
+            value = node.get("inputs", {}).get("scale_by")
+            name = set_by.get((node_id, "scale_by"))
+            if name is not None:
+                value = (
+                    self.cleaned_data.get(name)
+                    if name in self.fields
+                    else self.workflow.parameters[name].default
+                )
+                if value is None:
+                    return None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                scale *= value
+        return scale
+
+    def _check_output_size(self) -> None:
+        """Refuse here, with the reason, an input the workflow would scale past what the site
+        can store and show (4096² upscaled ×4 is 268 megapixels), not by a failed job later."""
+        size, scale = self._input_size(), self._output_scale()
+        problem = output_size_problem(*size, scale) if size and scale else None
+        if problem:
+            # On the scale when the form has one: that is what the user can change.
+            scales = [name for name, p in self.workflow.parameters.items() if p.input_name == "scale_by"]
+            fields = [name for name in (*scales, "image") if name in self.fields]
+            self.add_error(fields[0] if fields else None, problem)
 
     def job_values(self) -> dict[str, Any]:
         """The parameters to store with the job: every exposed value, the seed drawn if empty."""

@@ -55,7 +55,8 @@ def _form(
 def _form_context(
     request: AuthenticatedRequest, workflow: Workflow, catalog: backends.NodeCatalog, form: GenerateForm
 ) -> dict[str, Any]:
-    source = parse_id(form["source_image"].value())
+    # A refused source is not shown as the one the form starts from (nor sent again).
+    source = None if form["source_image"].errors else parse_id(form["source_image"].value())
     source_image = visible_images(request.user).filter(pk=source).first() if source else None
     problems = {name: catalog.problems(w) for name, w in all_workflows().items()}
     return {
