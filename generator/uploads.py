@@ -14,6 +14,7 @@ every image the site stores can be thumbnailed and used as a source again.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 from django.conf import settings
@@ -89,6 +90,9 @@ def reencoded_image(upload: UploadedFile) -> bytes:
     upload.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Warnings about corrupt EXIF would reach the log for files anyone can send; re-encoding
+        # drops EXIF anyway.
+        warnings.simplefilter("ignore", UserWarning)
         try:
             with Image.open(upload) as image:
                 if image.format not in ACCEPTED_FORMATS:
@@ -114,7 +118,8 @@ def reencoded_image(upload: UploadedFile) -> bytes:
             raise ValidationError(
                 "This file is not an image we can read; use PNG, JPEG or WebP.", code="not_an_image"
             ) from None
-        except (OSError, ValueError, SyntaxError):
+        # struct.error: EXIF whose tags do not hold the types they should (exif_transpose).
+        except (OSError, ValueError, SyntaxError, struct.error):
             raise ValidationError("This image is damaged or truncated.", code="damaged") from None
     out = io.BytesIO()
     converted.save(out, "PNG", optimize=False)

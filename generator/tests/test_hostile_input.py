@@ -34,6 +34,7 @@ from generator.models import GeneratedImage, Prompt
 
 from .factories import GeneratedImageFactory, PromptFactory, UserFactory
 from .test_access import PUBLIC_URL_NAMES, named_routes
+from .test_hostile_uploads import jpeg_with_broken_exif
 
 pytestmark = pytest.mark.django_db
 
@@ -295,7 +296,15 @@ def png(size: tuple[int, int]) -> bytes:
     return out.getvalue()
 
 
-SMALL_FILES = [b"", b"GIF89a", b"\x89PNG\r\n\x1a\n", png((1, 1)), png((96, 64)), png((96, 64))[:60]]
+SMALL_FILES = [
+    b"",
+    b"GIF89a",
+    b"\x89PNG\r\n\x1a\n",
+    png((1, 1)),
+    png((96, 64)),
+    png((96, 64))[:60],
+    jpeg_with_broken_exif(),
+]
 
 
 def upload() -> st.SearchStrategy[Any]:

@@ -39,6 +39,21 @@ def bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
+def jpeg_with_broken_exif() -> bytes:
+    """A photo whose EXIF holds text in a tag of numbers: Pillow's exif_transpose raised
+    struct.error on it, which no one caught (a 500)."""
+    image = Image.new("RGB", (64, 64), (200, 100, 50))
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotated, so exif_transpose reads the tags
+    exif[0x010F] = "cam"  # Make, ASCII
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif.tobytes())
+    data = bytearray(out.getvalue())
+    make = data.index(b"\x01\x0f\x00\x02")
+    data[make + 1] = 0x52  # now tag 0x0152, ExtraSamples, which holds integers
+    return bytes(data)
+
+
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><rect width="64" height="64"/></svg>'
 HTML = b"<!doctype html><html><body><script>alert(document.cookie)</script></body></html>"
 
@@ -95,6 +110,7 @@ def refused(client, data: dict, field: str, reason: str) -> None:
         # Under Pillow's bomb limit, over the site's.
         ("large.png", bomb_png(8_000, 8_000), "8000 × 8000 pixels; at most 17 megapixels are accepted"),
         ("cut.png", png((256, 256))[:300], "damaged or truncated"),
+        ("photo.jpg", jpeg_with_broken_exif(), "damaged or truncated"),
         ("drawing.png", SVG, "not an image we can read; use PNG, JPEG or WebP"),
         ("page.png", HTML, "not an image we can read; use PNG, JPEG or WebP"),
         ("dot.png", png((1, 1)), "1 × 1 pixels; images must be at least 16 pixels on each side"),
