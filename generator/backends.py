@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models import BooleanField, DateTimeField, ExpressionWrapper, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .models import Backend
+from .models import Backend, Installation
 from .workflows import Workflow
 
 BUNDLED_OBJECT_INFO = Path(__file__).resolve().parent / "comfy" / "data" / "object_info.json"
+HEARTBEAT_STALE_SECONDS = 30  # bridges report every few seconds while connected
 
 
 @cache
@@ -36,17 +37,41 @@ class BackendSummary:
     message: str
 
 
+def _driven() -> Q:
+    """Rows a bridge process holds a lease on now (by the database's clock)."""
+    return ~Q(lease_owner="") & Q(lease_expires_at__gt=Now())
+
+
+def _reported_within(seconds: float) -> Q:
+    since = ExpressionWrapper(Now() - datetime.timedelta(seconds=seconds), output_field=DateTimeField())
+    return Q(checked_at__gte=since)
+
+
 def backend_summary() -> BackendSummary:
-    backends = list(Backend.objects.all())
-    online = [b for b in backends if b.online]
-    if not backends:
+    """What every page says of the backends. Only a backend a bridge process drives (holds a
+    lease on) and that reported lately counts as up: a row left behind by a URL taken out of
+    the configuration, or by bridges that stopped, keeps the last word its bridge wrote
+    ("online") but nobody sends it jobs."""
+    rows = list(
+        Backend.objects.only("url", "label", "online", "status_message", "is_demo").annotate(
+            driven=ExpressionWrapper(_driven(), output_field=BooleanField()),
+            fresh=ExpressionWrapper(_reported_within(HEARTBEAT_STALE_SECONDS), output_field=BooleanField()),
+        )
+    )
+    if not rows:
         return BackendSummary(
             False, False, False, "No ComfyUI backend has been contacted yet; jobs wait in the queue."
         )
+    driven = [b for b in rows if b.driven]
+    online = [b for b in driven if b.online and b.fresh]
     if not online:
-        reasons = "; ".join(f"{b}: {b.status_message}" for b in backends if b.status_message)
+        reasons = "; ".join(f"{b}: {b.status_message or 'no recent report'}" for b in driven)
         return BackendSummary(
-            True, False, False, f"ComfyUI is unreachable ({reasons}). Jobs wait in the queue."
+            True,
+            False,
+            False,
+            f"ComfyUI is unreachable ({reasons or 'no bridge process is driving a backend'}). "
+            "Jobs wait in the queue.",
         )
     demo = all(b.is_demo for b in online)
     message = "Demo backend: images come from ComfySite's built-in ComfyUI emulator." if demo else ""
@@ -80,8 +105,25 @@ class NodeCatalog:
 
 
 def node_catalog() -> NodeCatalog:
-    rows = Backend.objects.order_by("-online", "-checked_at").only("object_info", "node_classes")
-    return NodeCatalog([backend for backend in rows if backend.node_classes])
+    """What the backends bridges drive now can run; if none is driven, what those seen last could
+    (a backend taken out of the configuration no longer decides what the form offers)."""
+    rows = (
+        Backend.objects.annotate(driven=ExpressionWrapper(_driven(), output_field=BooleanField()))
+        .order_by("-driven", "-online", "-checked_at")
+        .only("object_info", "node_classes")
+    )
+    known: list[Backend] = [backend for backend in rows if backend.node_classes]
+    driven: list[Backend] = [backend for backend in rows if backend.node_classes and backend.driven]
+    return NodeCatalog(driven or known)
+
+
+# -- who we are to ComfyUI ------------------------------------------------------------------------
+
+
+def installation_key() -> str:
+    """This installation's identity (32 hex digits), shared by all its processes, kept across
+    restarts: see Installation."""
+    return Installation.current().key.hex
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -158,9 +200,10 @@ def release_leases(urls: list[str], owner: str) -> None:
 
 
 def healthy_backends(fresh_seconds: float) -> list[Backend]:
-    """Backends online whose bridge reported within `fresh_seconds` (a dead bridge's row goes stale)."""
+    """Backends online whose bridge holds their lease and reported within `fresh_seconds` (a dead
+    bridge's row goes stale; a row no bridge drives any more is nobody's to send jobs to)."""
     since = timezone.now() - datetime.timedelta(seconds=fresh_seconds)
-    return list(Backend.objects.filter(online=True, checked_at__gte=since))
+    return list(Backend.objects.filter(_driven(), online=True, checked_at__gte=since))
 
 
 def has_least_work(url: str, *, depth: int, peers: list[Backend], load: Counter[str]) -> bool:
@@ -175,8 +218,6 @@ def has_least_work(url: str, *, depth: int, peers: list[Backend], load: Counter[
 
 
 # -- health, for staff ---------------------------------------------------------------------------
-
-HEARTBEAT_STALE_SECONDS = 30  # bridges report every few seconds while connected
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ that lost a race (a user's cancel, another bridge) raise IllegalTransition inste
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import mimetypes
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .live import (
     LIVE_TTL_SECONDS,
@@ -38,6 +40,9 @@ from .workflows import WorkflowError, get_workflow
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = (384, 384)
+# Outputs larger than this are kept without a thumbnail: decoding one takes 4 bytes a pixel.
+THUMBNAIL_MAX_PIXELS = 1 << 28
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_SUBMIT_ATTEMPTS = 2
 CANDIDATES = 20  # queued jobs looked at per claim: enough to pass over owners at their limit
 S = Prompt.Status
@@ -157,6 +162,18 @@ def jobs_on_backend(backend_url: str) -> list[Job]:
     return [_job(p) for p in prompts]
 
 
+def unknown_prompt_ids(prompt_ids: list[str]) -> list[str]:
+    """Of these ComfyUI prompt ids, those no job of ours waits on (on any backend): copies left
+    in a ComfyUI's queue by a job that was sent elsewhere since, or given up."""
+    valid = []
+    for prompt_id in prompt_ids:
+        with contextlib.suppress(ValueError):
+            valid.append(uuid.UUID(prompt_id))
+    live = Prompt.objects.filter(comfy_prompt_id__in=valid, status__in=Prompt.ON_BACKEND_STATUSES)
+    known = {str(value) for value in live.values_list("comfy_prompt_id", flat=True)}
+    return [prompt_id for prompt_id in prompt_ids if prompt_id not in known]
+
+
 def get_job(pk: int) -> Job:
     return _job(Prompt.objects.get(pk=pk))
 
@@ -203,18 +220,42 @@ def stored_output_indexes(pk: int, node_id: str) -> set[int]:
     return set(stored.values_list("output_index", flat=True))
 
 
-def _thumbnail(data: bytes) -> tuple[bytes | None, int | None, int | None]:
-    """A small WebP of the first frame, and the full size; (None, None, None) if not an image."""
+def _open_output(data: bytes) -> Image.Image:
+    """An output ComfyUI made, opened (not decoded). Pillow refuses images over twice its
+    MAX_IMAGE_PIXELS, a guard for files from strangers; an upscaled output is ours and may be
+    that big (185 megapixels), so a PNG is opened past the guard, and bounded by
+    THUMBNAIL_MAX_PIXELS instead before anything decodes it."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            frame = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
-            frame.thumbnail(THUMBNAIL_SIZE)
-            out = io.BytesIO()
-            frame.save(out, "WEBP", quality=80, method=2)  # method 4: 50% slower, 3% smaller
-            return out.getvalue(), width, height
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None, None, None
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        if not data.startswith(PNG_SIGNATURE):
+            raise
+        return PngImagePlugin.PngImageFile(io.BytesIO(data))
+
+
+def _thumbnail(data: bytes) -> tuple[bytes | None, int | None, int | None]:
+    """A small WebP of the first frame, and the full size. Never fails: what cannot be read or
+    is too big to decode has no thumbnail (and no size when even that cannot be read)."""
+    width = height = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_output(data) as image:
+                width, height = image.size
+                if width * height > THUMBNAIL_MAX_PIXELS:
+                    logger.warning("No thumbnail for a %d×%d output: too big to decode", width, height)
+                    return None, width, height
+                target = "RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"
+                frame = image if image.mode == target else image.convert(target)
+                frame.thumbnail(THUMBNAIL_SIZE)  # decodes (reduced on the way for JPEG)
+                out = io.BytesIO()
+                frame.save(out, "WEBP", quality=80, method=2)  # method 4: 50% slower, 3% smaller
+                return out.getvalue(), width, height
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None, width, height
+    except Exception:  # an output is never dropped for its thumbnail
+        logger.exception("No thumbnail for an output of %s bytes", len(data))
+        return None, width, height
 
 
 def store_output(job: Job, node_id: str, index: int, filename: str, data: bytes) -> GeneratedImage | None:

@@ -27,6 +27,40 @@ def thumbnail_path(instance: GeneratedImage, filename: str) -> str:
     return f"thumbnails/{instance.owner_id}/{uuid.uuid4().hex}-{filename}"
 
 
+def new_installation_key() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class Installation(models.Model):
+    """This site's identity toward the ComfyUI servers it shares with others (staging and
+    production, a developer's checkout, a test run): made once, kept in the database, so every
+    web and bridge process of the installation uses the same one, across restarts. It names the
+    bridges' websockets, tags each job in ComfyUI's queue and names the images uploaded there,
+    so that a bridge only ever deletes, interrupts or settles jobs this installation queued."""
+
+    key = models.UUIDField(default=new_installation_key, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"Installation {self.key}"
+
+    @classmethod
+    def current(cls) -> Installation:
+        """The one row (pk 1), made by whichever process asks first; a race makes it once."""
+        row, _ = cls.objects.get_or_create(pk=1)
+        return row
+
+    @classmethod
+    def renew(cls) -> Installation:
+        """A new identity: for a database copied from another installation (production's, restored
+        for staging), which would otherwise take the other's jobs in ComfyUI for its own."""
+        cls.objects.filter(pk=1).delete()
+        return cls.objects.create(pk=1)
+
+
 class Backend(models.Model):
     """A ComfyUI server as the bridge last saw it. Pages read it; only the bridge writes it."""
 

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -197,13 +198,34 @@ FRIENDLY_LABELS = {
 SINGLE_VALUE_PARAMETERS = {"prompt", "negative_prompt", "checkpoint", "image"}
 
 
-def field_label(node: dict[str, Any], name: str) -> str:
-    """A node's own title labels its field when someone gave it one (“Style”, “Main sampler”)."""
+def field_label(node: dict[str, Any], name: str, shared_titles: frozenset[str] = frozenset()) -> str:
+    """A node's own title labels its field when someone gave it one (“Style”, “Main sampler”).
+
+    Not a title several nodes share: a frontend in another language exports its default titles
+    (both text encoders “CLIP文本编码”), and a title two fields carry says nothing about which is
+    which. Those fields are labelled by their role (Prompt, Negative prompt)."""
     friendly = FRIENDLY_LABELS.get(name, name.replace("_", " ").capitalize())
-    title = (node.get("_meta") or {}).get("title", "")
-    if not title or title == node["class_type"] or title in DEFAULT_TITLES.get(node["class_type"], ()):
+    title = _title_of(node)
+    if (
+        not title
+        or title == node["class_type"]
+        or title in DEFAULT_TITLES.get(node["class_type"], ())
+        or title in shared_titles
+    ):
         return friendly
     return title if name in SINGLE_VALUE_PARAMETERS else f"{title}: {friendly.lower()}"
+
+
+def _title_of(node: dict[str, Any]) -> str:
+    meta = node.get("_meta")
+    title = meta.get("title", "") if isinstance(meta, dict) else ""
+    return title.strip() if isinstance(title, str) else ""
+
+
+def shared_titles(graph: dict[str, Any]) -> frozenset[str]:
+    """Titles more than one node of `graph` carries."""
+    counts = Counter(_title_of(node) for node in graph.values())
+    return frozenset(title for title, count in counts.items() if title and count > 1)
 
 
 # ComfyUI's default node titles: these say nothing about what a field is for.
@@ -220,13 +242,14 @@ DEFAULT_TITLES = {
 def map_parameters(graph: dict[str, Any]) -> dict[str, Parameter]:
     """Find the user-settable parameters of an API-format graph."""
     parameters: dict[str, Parameter] = {}
+    ambiguous = shared_titles(graph)
 
     def add(name: str, node_id: str, input_name: str) -> None:
         node = graph[node_id]
         default = node["inputs"].get(input_name)
         if isinstance(default, list):  # a link, not a value
             return
-        parameters[name] = Parameter(name, node_id, input_name, field_label(node, name), default)
+        parameters[name] = Parameter(name, node_id, input_name, field_label(node, name, ambiguous), default)
 
     samplers = sorted(
         (nid for nid, n in graph.items() if n["class_type"] in SAMPLER_CLASSES), key=_node_order

@@ -5,7 +5,7 @@ The rest of the site sees only these typed values, never ComfyUI's JSON.
 
 from .client import ComfyClient, QueuedPrompt, QueueSnapshot, UploadedImage
 from .connection import ComfyConnection, Connected, Disconnected, PromptEventBuffer
-from .errors import BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
+from .errors import AnswerLost, BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
 from .events import (
     Event,
     Executed,
@@ -28,6 +28,7 @@ from .events import (
 )
 
 __all__ = [
+    "AnswerLost",
     "BackendUnreachable",
     "ComfyClient",
     "ComfyConnection",

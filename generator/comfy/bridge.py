@@ -1,6 +1,10 @@
 """The bridge: drives one ComfyUI backend from the site's job queue, and relays what it does.
 
-One websocket per backend with a fixed client id. Queued prompts are handed to ComfyUI so that
+One websocket per backend. Several installations may share one ComfyUI (staging and production,
+a developer's checkout): each has its own identity (Installation), which names our websocket
+(with this process's part: ComfyUI keeps one socket per client id), tags every job we queue
+(extra_data) and names the images we upload, and a bridge only ever deletes, interrupts or
+settles jobs its installation queued. Queued prompts are handed to ComfyUI so that
 one job always waits in ComfyUI's own queue behind the running one (the GPU never idles between
 jobs); every event updates the Prompt state machine and is rendered once into an HTML fragment
 sent to the owner's channel-layer group. The database is the source of truth: after any
@@ -17,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import time
 import uuid
@@ -48,7 +53,7 @@ from generator.workflows import Workflow, WorkflowError, all_workflows, get_work
 
 from .client import ComfyClient
 from .connection import ComfyConnection, Connected, Disconnected
-from .errors import BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
+from .errors import AnswerLost, BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
 from .events import (
     Executed,
     Executing,
@@ -88,10 +93,24 @@ def db(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return sync_to_async(reconnecting)
 
 
-def client_id_for(url: str) -> str:
-    """The fixed client id of the bridge driving `url`: whichever process drives it, ComfyUI
-    sends the events of the jobs queued there to the same id."""
-    return f"comfysite-{uuid.uuid5(uuid.NAMESPACE_URL, url.rstrip('/')).hex[:12]}"
+# This process's part of its bridges' client ids: ComfyUI gives each client id one socket, and
+# when a second socket under the same id comes and goes, the first one is left open but deaf.
+PROCESS_TAG = uuid.uuid4().hex[:8]
+EXTRA_DATA_KEY = "comfysite"  # our tag in each job's extra_data: {"installation", "job"}
+
+
+def client_id_for(installation: str, url: str, process: str = PROCESS_TAG) -> str:
+    """The websocket client id of this process's bridge to `url` for `installation`: unique to
+    each (installation, process, backend), so no other socket ever takes its events."""
+    backend = uuid.uuid5(uuid.NAMESPACE_URL, url.rstrip("/")).hex[:6]
+    return f"comfysite-{installation[:12]}-{process}-{backend}"
+
+
+def installation_of(extra_data: Any) -> str | None:
+    """The installation that queued a job, from its extra_data as ComfyUI's /queue shows it."""
+    tag = extra_data.get(EXTRA_DATA_KEY) if isinstance(extra_data, dict) else None
+    installation = tag.get("installation") if isinstance(tag, dict) else None
+    return installation if isinstance(installation, str) else None
 
 
 @dataclass
@@ -111,6 +130,12 @@ class ActiveJob:
     verdict_seen: bool = False  # ComfyUI said it ended; its final card follows the imports
     outputs_missing: bool = False  # an output could not be fetched: not succeeded yet
     current_node: str = ""
+    # Whether its events come to our socket: not for a job queued by another process of this
+    # installation (a bridge that died or handed the backend over), which is watched by polling.
+    hears_events: bool = True
+    # Since when its POST /prompt went unanswered (timed out, cut): ComfyUI may hold it all the
+    # same, so it is looked for in /queue and /history before it is ever sent again.
+    unconfirmed_since: float | None = None
 
     @property
     def pk(self) -> int:
@@ -132,6 +157,17 @@ class BridgeSettings:
     positions_interval: float = 1.0  # queue places are told at most once a second
     health_seconds: float = 5.0  # /system_stats this often; the row's checked_at is our heartbeat
     dead_seconds: float = 60.0  # unreachable this long: its jobs go back to the queue for others
+    object_info_seconds: float = 60.0  # /object_info again this often: models added show up
+    request_seconds: float = 10.0  # an HTTP request without a byte from ComfyUI this long failed
+    # Our socket must hear something this soon after we queue a job (ComfyUI tells every socket
+    # it knows of each change of its queue); if not, ComfyUI forgot it: connect again.
+    echo_seconds: float = 3.0
+    # Nothing heard this long while /queue says our job runs: connect again. Doubled after each
+    # such reconnect while nothing of our jobs is heard (a node that runs long and quietly).
+    quiet_seconds: float = 5.0
+    probe_seconds: float = 1.0  # how often the socket and the jobs we hear nothing of are checked
+    # A job whose POST went unanswered and that ComfyUI does not show is sent again after this.
+    unconfirmed_seconds: float = 30.0
 
 
 class Bridge:
@@ -142,6 +178,7 @@ class Bridge:
         label: str = "",
         weight: int = 1,
         is_demo: bool = False,
+        installation: str | None = None,
         client_id: str | None = None,
         settings: BridgeSettings | None = None,
         lease_owner: str = "",
@@ -152,9 +189,11 @@ class Bridge:
         self.weight = weight
         self.is_demo = is_demo
         self.lease_owner = lease_owner  # the bridge process holding this backend, if leased
-        self.client_id = client_id or client_id_for(self.url)
         self.settings = settings or BridgeSettings()
-        self.client = ComfyClient(self.url)
+        # Read from the database when the bridge starts, unless given.
+        self.installation = installation or ""
+        self._client_id = client_id or ""
+        self.client = ComfyClient(self.url, timeout=self.settings.request_seconds)
         self.connection = ComfyConnection(self.url, self.client_id)
         self.active: dict[str, ActiveJob] = {}  # by ComfyUI prompt id
         self.connected = asyncio.Event()
@@ -175,6 +214,22 @@ class Bridge:
         self.places_lock = places_lock or asyncio.Lock()
         self._healthy: list[Backend] = []
         self._healthy_read_at = -1e9
+        # What the socket has heard: every message counts, ours or not.
+        self.messages_heard = 0
+        self.last_heard = time.monotonic()
+        self._echo: tuple[int, float] | None = None  # (messages heard before a POST, deadline)
+        self._quiet_reconnects = 0  # in a row, with nothing of our jobs heard in between
+        self._last_probe = -1e9
+        self._polling = False  # a poll of the jobs we hear nothing of is on the state worker's list
+        self._info_refreshed_at = -1e9
+        self._info_saved: int | None = None  # a digest of the node definitions last written
+
+    @property
+    def client_id(self) -> str:
+        """Our websocket's client id (also sent with each job, so its events come to us)."""
+        if self._client_id:
+            return self._client_id
+        return client_id_for(self.installation, self.url) if self.installation else ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -197,12 +252,17 @@ class Bridge:
 
     async def _run(self) -> None:
         await db(self._save_backend)(online=False, status_message="connecting")
+        if not self.installation:
+            self.installation = await db(backends.installation_key)()
+        self._client_id = self.client_id  # worked out once
+        self.connection = ComfyConnection(self.url, self.client_id)
         self._tasks = [
             asyncio.create_task(self._consume_events(), name=f"bridge-events {self.url}"),
             asyncio.create_task(self._run_state_work(), name=f"bridge-state {self.url}"),
             asyncio.create_task(self._run_outbox(), name=f"bridge-outbox {self.url}"),
             asyncio.create_task(self._dispatch(), name=f"bridge-dispatch {self.url}"),
             asyncio.create_task(self._watch_silence(), name=f"bridge-watchdog {self.url}"),
+            asyncio.create_task(self._watch_socket(), name=f"bridge-socket-watch {self.url}"),
             asyncio.create_task(self._listen_control(), name=f"bridge-control {self.url}"),
             asyncio.create_task(self._publish_positions(), name=f"bridge-positions {self.url}"),
             asyncio.create_task(self._check_health(), name=f"bridge-health {self.url}"),
@@ -243,21 +303,28 @@ class Bridge:
         never wait behind a database write; status changes and imports run one by one on
         the state worker, in the order ComfyUI reported them.
         """
+        now = time.monotonic()
+        self.last_heard = now
+        self.messages_heard += 1
         if isinstance(event, Connected):
             self._later(self._on_connected)
             return
         if isinstance(event, Disconnected):
             self.connected.clear()
-            self._later(
-                lambda: db(self._save_backend)(
-                    online=False, status_message=f"connection lost: {event.reason}"
+            if not event.deliberate:  # a reconnect of our own is no outage
+                self._later(
+                    lambda: db(self._save_backend)(
+                        online=False, status_message=f"connection lost: {event.reason}"
+                    )
                 )
-            )
             return
         active = self._active_for(event)
         if active is None:
             return
-        active.last_event = time.monotonic()
+        active.last_event = now
+        active.hears_events = True
+        active.unconfirmed_since = None
+        self._quiet_reconnects = 0
         if isinstance(event, ExecutionStart):
             self.running_prompt_id = active.job.comfy_prompt_id
             active.started = True
@@ -301,7 +368,11 @@ class Bridge:
         return self.active.get(prompt_id) if prompt_id else None
 
     async def _on_connected(self) -> None:
-        await self._refresh_backend_info()
+        self._echo = None
+        if time.monotonic() - self._info_refreshed_at >= min(10.0, self.settings.object_info_seconds):
+            await self._refresh_backend_info()
+        else:  # our own reconnect a moment after the last look: what ComfyUI has is known
+            await db(self._save_backend)(online=True, status_message="")
         await self._load_jobs_from_database()
         await self.reconcile(list(self.active.values()))
         await self._drop_stale_copies()
@@ -368,7 +439,15 @@ class Bridge:
                 logger.warning("Bridge %s: job %s: output not fetched: %s", self.url, active.pk, error)
                 active.outputs_missing = True
                 return
-            await db(jobs.store_output)(active.job, node_id, index, output.filename, data)
+            try:
+                await db(jobs.store_output)(active.job, node_id, index, output.filename, data)
+            except Exception:
+                # Not succeeded without it: settled again from /history at the watchdog's next round.
+                logger.exception(
+                    "Bridge %s: job %s: output %s not stored", self.url, active.pk, output.filename
+                )
+                active.outputs_missing = True
+                return
         if kept and not active.verdict_seen:  # else the final card, next, shows them
             await self._send_card(active)
 
@@ -431,33 +510,70 @@ class Bridge:
             self._healthy_read_at = now
         return self._healthy
 
+    def upload_name(self, job: jobs.Job) -> str:
+        """The name a job's input image gets in ComfyUI's input folder (subfolder "comfysite"):
+        this installation's, so that another site's job of the same number never overwrites it."""
+        return f"{self.installation[:12]}-job{job.pk}.png"
+
+    def extra_data(self, job: jobs.Job) -> dict[str, Any]:
+        """What we send with each job as ComfyUI's extra_data; /queue shows it, so a bridge can
+        tell this installation's jobs from others' under any client id."""
+        return {EXTRA_DATA_KEY: {"installation": self.installation, "job": job.pk}}
+
     async def _submit(self, submission: jobs.Submission) -> bool:
         job, graph = submission.job, submission.graph
         active = self._track(job)
         try:
             if submission.image is not None:
+                # Never overwrite: the same bytes keep the name, other bytes get a new one.
                 uploaded = await self.client.upload_image(
-                    submission.image, f"comfysite-job{job.pk}.png", subfolder="comfysite", overwrite=True
+                    submission.image, self.upload_name(job), subfolder="comfysite", overwrite=False
                 )
                 graph = submission.with_uploaded_image(uploaded.load_image_value)
-            await self.client.queue_prompt(graph, prompt_id=job.comfy_prompt_id, client_id=self.client_id)
+        except (BackendUnreachable, ProtocolError) as error:
+            return await self._not_sent(active, error)
+        heard_before = self.messages_heard
+        try:
+            await self.client.queue_prompt(
+                graph,
+                prompt_id=job.comfy_prompt_id,
+                client_id=self.client_id,
+                extra_data=self.extra_data(job),
+            )
         except WorkflowRejected as rejection:
             workflow = self._workflow(active)
             problems = rejection.describe(graph) if workflow else [str(rejection)]
             await self._finish(active, S.FAILED, error="ComfyUI refused this job:\n" + "\n".join(problems))
             return True
-        except (BackendUnreachable, ProtocolError) as error:
-            self.active.pop(job.comfy_prompt_id, None)
-            await db(jobs.unsubmit)(job.pk)
-            await db(self._save_backend)(online=False, status_message=str(error))
+        except AnswerLost as error:
+            # It may be queued all the same (a slow answer, a cut connection): never sent twice.
+            # It keeps its place here until ComfyUI shows it, or, after unconfirmed_seconds,
+            # does not; meanwhile no more jobs go to a ComfyUI this slow.
+            logger.warning("Bridge %s: job %s: %s; looking for it in ComfyUI", self.url, job.pk, error)
+            active.unconfirmed_since = time.monotonic()
+            with contextlib.suppress(ComfyError):
+                await self._reconcile([active])
             return False
+        except (BackendUnreachable, ProtocolError) as error:
+            return await self._not_sent(active, error)
+        if self._echo is None:
+            self._echo = (heard_before, time.monotonic() + self.settings.echo_seconds)
         await self._send_card(active)
         return True
 
-    def _track(self, job: jobs.Job) -> ActiveJob:
+    async def _not_sent(self, active: ActiveJob, error: ComfyError) -> bool:
+        """ComfyUI never got the job (no connection): it waits in the site's queue again."""
+        self.active.pop(active.job.comfy_prompt_id, None)
+        await db(jobs.unsubmit)(active.pk)
+        await db(self._save_backend)(online=False, status_message=str(error))
+        return False
+
+    def _track(self, job: jobs.Job, *, hears_events: bool = True) -> ActiveJob:
         workflow = self._workflow_named(job.workflow)
         titles = {node_id: workflow.node_title(node_id) for node_id in workflow.graph} if workflow else {}
-        active = ActiveJob(job=job, node_count=len(titles) or 1, node_titles=titles)
+        active = ActiveJob(
+            job=job, node_count=len(titles) or 1, node_titles=titles, hears_events=hears_events
+        )
         self.active[job.comfy_prompt_id] = active
         return active
 
@@ -466,7 +582,8 @@ class Bridge:
     async def _load_jobs_from_database(self) -> None:
         for job in await db(jobs.jobs_on_backend)(self.url):
             if job.comfy_prompt_id not in self.active:
-                self._track(job)
+                # Queued by an earlier bridge: /queue says under which client id (reconcile).
+                self._track(job, hears_events=False)
 
     async def reconcile(self, actives: list[ActiveJob]) -> None:
         """Settle each job with what ComfyUI says of it: waiting, done, failed, or lost."""
@@ -483,20 +600,29 @@ class Bridge:
             return
         for active in actives:
             prompt_id = active.job.comfy_prompt_id
+            if self.active.get(prompt_id) is not active:
+                continue  # settled meanwhile
             active.last_event = time.monotonic()
+            if prompt_id in queue:
+                active.unconfirmed_since = None
+                active.hears_events = queue.client_ids.get(prompt_id) == self.client_id
             if prompt_id in queue.running:
                 self.running_prompt_id = prompt_id
                 if not active.started:
                     active.started = True
-                    await db(jobs.transition)(active.pk, S.RUNNING)
+                    self._relay(await db(jobs.advance)(active.pk, S.RUNNING, active.live))
                 continue
             if prompt_id in queue.pending:
                 continue
             entry = await self.client.history(prompt_id)
-            if entry is None:
-                await self._lost(active)
-            else:
+            if entry is not None:
+                active.unconfirmed_since = None
                 await self._settle_from_history(active, entry)
+            elif active.unconfirmed_since is None:
+                await self._lost(active)
+            elif time.monotonic() - active.unconfirmed_since >= self.settings.unconfirmed_seconds:
+                await self._lost(active, "ComfyUI did not take this job, twice; please try again.")
+            # else: its POST may still be on its way into ComfyUI's queue; looked for again soon
 
     async def _settle_from_history(self, active: ActiveJob, entry: HistoryEntry) -> None:
         active.verdict_seen = True
@@ -513,23 +639,32 @@ class Bridge:
         else:
             await self._finish(active, S.FAILED, error="ComfyUI reported an error but gave no details.")
 
-    async def _lost(self, active: ActiveJob) -> None:
+    async def _lost(
+        self,
+        active: ActiveJob,
+        reason: str = "The ComfyUI backend restarted and lost this job twice; please try again.",
+    ) -> None:
         """Neither queued nor in history: the backend restarted. One more try, then failed."""
         self.active.pop(active.job.comfy_prompt_id, None)
-        status = await db(jobs.requeue_or_fail)(
-            active.pk, "The ComfyUI backend restarted and lost this job twice; please try again."
-        )
+        if self.running_prompt_id == active.job.comfy_prompt_id:
+            self.running_prompt_id = None
+        status = await db(jobs.requeue_or_fail)(active.pk, reason)
         logger.warning("Bridge %s: job %s was lost by ComfyUI; now %s", self.url, active.pk, status)
         await self._send_card(active)
         self.wake.set()
 
     async def _drop_stale_copies(self) -> None:
-        """Delete from ComfyUI's queue what we queued there but no longer expect from it: jobs
-        moved to another backend while this one was unreachable must not run twice."""
+        """Delete from ComfyUI's queue what this installation queued there but no longer expects
+        from it: jobs moved to another backend while this one was unreachable must not run twice.
+        Jobs of other installations sharing this ComfyUI are none of our business, whatever
+        their client id; and a job some bridge of ours still drives is no stale copy."""
         try:
             queue = await self.client.queue()
-            expected = set(self.active)
-            stale = [p for p, c in queue.client_ids.items() if c == self.client_id and p not in expected]
+            ours = [p for p, extra in queue.extra_data.items() if installation_of(extra) == self.installation]
+            candidates = [p for p in ours if p not in self.active]
+            if not candidates:
+                return
+            stale = await db(jobs.unknown_prompt_ids)(candidates)
             if not stale:
                 return
             logger.warning("Bridge %s: removing %d stale job copies from ComfyUI", self.url, len(stale))
@@ -544,14 +679,25 @@ class Bridge:
         unreachable for `dead_seconds` (counted from the database, so a bridge taking over
         goes on counting), its jobs go back to the queue for the other backends."""
         while True:
-            await asyncio.sleep(self.settings.health_seconds)
+            await asyncio.sleep(min(self.settings.health_seconds, self.settings.object_info_seconds))
             if self.connected.is_set():
+                info = None
+                if time.monotonic() - self._info_refreshed_at >= self.settings.object_info_seconds:
+                    # Models and custom nodes added to ComfyUI show on the form without a reconnect.
+                    self._info_refreshed_at = time.monotonic()
+                    try:
+                        info = await self.client.object_info()
+                    except ComfyError as error:
+                        logger.warning("Bridge %s: /object_info failed: %s", self.url, error)
+                    await self._drop_stale_copies()
                 try:
                     stats = await self.client.system_stats()
                 except ComfyError as error:
                     await db(self._save_backend)(online=False, status_message=f"health check: {error}")
                 else:
-                    await db(self._save_backend)(online=True, status_message="", system_stats=stats)
+                    await db(self._save_backend)(
+                        online=True, status_message="", system_stats=stats, object_info=info
+                    )
                 continue
             offline_for = await db(self._offline_seconds)()
             if offline_for is not None and offline_for >= self.settings.dead_seconds:
@@ -584,6 +730,60 @@ class Bridge:
             silent = [a for a in self.active.values() if now - a.last_event > self.settings.silence_seconds]
             if silent:
                 self._later(functools.partial(self.reconcile, silent))
+
+    async def _watch_socket(self) -> None:
+        """Catch a socket ComfyUI no longer sends to within seconds, not at the silence check:
+        it stays open and answers pings, but ComfyUI forgot it (another socket took its client
+        id and left, a proxy kept a connection ComfyUI dropped). Also settles, by polling, the
+        jobs whose events go to another socket (queued by an earlier bridge process)."""
+        while True:
+            await asyncio.sleep(self.settings.probe_seconds)
+            if not self.connected.is_set():
+                continue
+            try:
+                await self._probe_socket()
+            except ComfyError as error:
+                logger.info("Bridge %s: socket check: %s", self.url, error)
+            except Exception:
+                logger.exception("Bridge %s: socket check failed", self.url)
+
+    async def _probe_socket(self) -> None:
+        now = time.monotonic()
+        if self._echo is not None and now >= self._echo[1]:
+            heard_before, _ = self._echo
+            self._echo = None
+            if self.messages_heard == heard_before:
+                await self.connection.reconnect(
+                    "ComfyUI said nothing of the job we queued: it no longer hears us"
+                )
+                return
+        quiet_for = now - self.last_heard
+        quiet_limit = min(
+            self.settings.silence_seconds, self.settings.quiet_seconds * 2**self._quiet_reconnects
+        )
+        listening = [a for a in self.active.values() if a.hears_events and a.unconfirmed_since is None]
+        unheard = [a for a in self.active.values() if not a.hears_events or a.unconfirmed_since is not None]
+        suspicious = bool(listening) and quiet_for >= quiet_limit and now - self._last_probe >= quiet_limit
+        if not (suspicious or unheard):
+            return
+        self._last_probe = now
+        if suspicious:
+            queue = await self.client.queue()
+            if any(a.job.comfy_prompt_id in queue.running for a in listening):
+                self._quiet_reconnects += 1
+                await self.connection.reconnect(
+                    f"nothing heard for {quiet_for:.0f} s while our job runs in ComfyUI"
+                )
+                return
+        if unheard and not self._polling:
+            self._polling = True
+            self._later(functools.partial(self._poll, unheard))
+
+    async def _poll(self, actives: list[ActiveJob]) -> None:
+        try:
+            await self.reconcile(actives)
+        finally:
+            self._polling = False
 
     # -- control messages from the web processes -------------------------------------------
 
@@ -697,6 +897,7 @@ class Bridge:
 
     async def _refresh_backend_info(self) -> None:
         info = stats = None
+        self._info_refreshed_at = time.monotonic()
         try:
             info = await self.client.object_info()
             stats = await self.client.system_stats()
@@ -725,8 +926,12 @@ class Bridge:
             fields["offline_since"] = None
         if object_info is not None:
             used = set().union(*(w.node_classes for w in all_workflows().values()))
-            fields["object_info"] = {name: spec for name, spec in object_info.items() if name in used}
-            fields["node_classes"] = sorted(object_info)
+            kept = {name: spec for name, spec in object_info.items() if name in used}
+            names = sorted(object_info)
+            digest = hash(json.dumps([kept, names], sort_keys=True))
+            if digest != self._info_saved:  # looked at every minute; written when it changed
+                fields["object_info"], fields["node_classes"] = kept, names
+                self._info_saved = digest
         if system_stats is not None:
             fields["system_stats"] = system_stats
         row = Backend.objects.filter(url=self.url)

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from .errors import BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
+from .errors import AnswerLost, BackendUnreachable, ComfyError, NotFound, ProtocolError, WorkflowRejected
 from .events import HistoryEntry, OutputFile, parse_history
 
 CONNECT_SECONDS = 3.0  # name lookup, a free connection and the TCP connect
@@ -52,6 +52,7 @@ class QueueSnapshot:
     running: tuple[str, ...]
     pending: tuple[str, ...]
     client_ids: Mapping[str, str] = field(default_factory=dict)  # prompt id → who queued it
+    extra_data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # as POSTed, by prompt id
 
     def position(self, prompt_id: str) -> int | None:
         """0 while running, 1.. while waiting, None when not in the queue."""
@@ -124,16 +125,17 @@ class ComfyClient:
                 method, self.base_url + path, timeout=limits, **kwargs
             ) as response:
                 answer = Answer(method, path, response.status, await response.read())
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            # No connection, so the request never went out.
+            raise BackendUnreachable(f"ComfyUI at {self.base_url} is unreachable: {error}.") from error
         except TimeoutError as error:
-            raise BackendUnreachable(
+            raise AnswerLost(
                 f"ComfyUI at {self.base_url} did not answer in time ({method} {path})."
             ) from error
         except aiohttp.ClientError as error:
-            raise BackendUnreachable(f"ComfyUI at {self.base_url} is unreachable: {error}.") from error
-        if answer.status >= 500:
-            raise BackendUnreachable(
-                f"ComfyUI at {self.base_url} failed on {method} {path} (HTTP {answer.status})."
-            )
+            raise AnswerLost(f"ComfyUI at {self.base_url} is unreachable: {error}.") from error
+        if answer.status >= 500:  # ComfyUI's own failure, or a proxy's that gave up waiting
+            raise AnswerLost(f"ComfyUI at {self.base_url} failed on {method} {path} (HTTP {answer.status}).")
         if answer.status == 404:
             raise NotFound(missing or f"ComfyUI has no {path}.")
         return answer
@@ -193,6 +195,9 @@ class ComfyClient:
                     str(item[1]): str(item[3].get("client_id") or "")
                     for item in items
                     if len(item) > 3 and isinstance(item[3], dict)
+                },
+                extra_data={
+                    str(item[1]): item[3] for item in items if len(item) > 3 and isinstance(item[3], dict)
                 },
             )
         except (KeyError, TypeError, IndexError) as error:

@@ -37,6 +37,7 @@ class Connected:
 @dataclass(frozen=True, slots=True)
 class Disconnected:
     reason: str
+    deliberate: bool = False  # we closed it to connect again at once (see reconnect)
 
 
 def websocket_url(base_url: str, client_id: str) -> str:
@@ -53,6 +54,7 @@ class ComfyConnection:
         ping_interval: float = 10.0,
         ping_timeout: float = 10.0,
         open_timeout: float = 5.0,
+        close_timeout: float = 2.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 10.0,
     ) -> None:
@@ -61,16 +63,29 @@ class ComfyConnection:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._socket: ClientConnection | None = None
         self._closed = asyncio.Event()
+        self._reconnect_reason: str | None = None
+        self.connects = 0  # sockets opened so far: tests and logs tell reconnects by it
 
     async def close(self) -> None:
         """End events(): closes the socket, or cuts short a wait before reconnecting."""
         self._closed.set()
         if self._socket is not None:
             await self._socket.close()
+
+    async def reconnect(self, reason: str) -> None:
+        """Drop the socket and open a new one at once: for a socket that is open, and answers
+        pings, but that ComfyUI no longer sends anything to (it forgot it: a half-open socket).
+        A new socket with our client id is registered afresh."""
+        socket = self._socket
+        if socket is None or self._closed.is_set():
+            return
+        self._reconnect_reason = reason
+        await socket.close()
 
     async def _backoff(self, delay: float) -> None:
         # Jitter keeps many bridges from reconnecting in lockstep after ComfyUI restarts.
@@ -90,6 +105,7 @@ class ComfyConnection:
                     ping_interval=self.ping_interval,
                     ping_timeout=self.ping_timeout,
                     open_timeout=self.open_timeout,
+                    close_timeout=self.close_timeout,
                     max_size=64 * 1024 * 1024,
                     # ComfyUI is on this machine or the LAN, and its biggest messages are
                     # previews, already JPEG or PNG: deflate would cost both sides CPU for nothing.
@@ -107,6 +123,8 @@ class ComfyConnection:
                 await socket.close()
                 return
             self._socket = socket
+            self._reconnect_reason = None
+            self.connects += 1
             try:
                 async for item in self._session(socket):
                     delay = self.backoff_initial
@@ -124,6 +142,12 @@ class ComfyConnection:
                 self._socket = None
             if self._closed.is_set():
                 return
+            deliberate = self._reconnect_reason
+            if deliberate is not None:
+                self._reconnect_reason = None
+                logger.warning("ComfyUI websocket %s: reconnecting: %s", self.url, deliberate)
+                yield Disconnected(deliberate, deliberate=True)
+                continue
             yield Disconnected(reason)
             await self._backoff(delay)
             delay = min(delay * 2, self.backoff_max)

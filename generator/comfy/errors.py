@@ -15,6 +15,12 @@ class BackendUnreachable(ComfyError):
     """ComfyUI did not answer: not running, unreachable, too slow, or failing (5xx)."""
 
 
+class AnswerLost(BackendUnreachable):
+    """The request went out but its answer never came (too slow, the connection cut, a proxy's
+    5xx): ComfyUI may well have done what was asked. A POST /prompt that ends so may have queued
+    the job: ask /queue and /history before sending it again."""
+
+
 class NotFound(ComfyError):
     """ComfyUI does not have what was asked for (an output file, a node class)."""
 

@@ -20,7 +20,7 @@ import uuid
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from generator.backends import BackendConfig, release_leases, renew_leases, take_lease
+from generator.backends import BackendConfig, installation_key, release_leases, renew_leases, take_lease
 from generator.webhooks import WebhookSender
 
 from .bridge import Bridge, BridgeSettings
@@ -48,6 +48,7 @@ class BridgePool:
         self.settings = settings or BridgeSettings()
         self.demo_urls = demo_urls
         self.owner = owner or process_name()
+        self.installation = ""  # read from the database at the first round
         self.bridges: dict[str, tuple[Bridge, asyncio.Task]] = {}
         self.places_lock = asyncio.Lock()  # one bridge at a time tells the queue's moves
 
@@ -71,6 +72,8 @@ class BridgePool:
                 await sync_to_async(connections.close_all)()
 
     async def _tend(self) -> None:
+        if not self.installation:
+            self.installation = await sync_to_async(installation_key)()
         held = list(self.bridges)
         if held:
             kept = await sync_to_async(renew_leases)(held, self.owner, self.lease_seconds)
@@ -98,6 +101,7 @@ class BridgePool:
             label=config.label,
             weight=config.weight,
             is_demo=is_demo,
+            installation=self.installation,
             settings=self.settings,
             lease_owner=self.owner,
             places_lock=self.places_lock,

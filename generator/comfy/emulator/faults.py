@@ -29,8 +29,12 @@ class Faults:
     # Seconds /view waits before answering (a slow disk, a big file).
     view_delay: float = 0.0
     # Seconds POST /prompt waits after queueing before it answers, so the prompt's first
-    # websocket messages reach the client before the answer (a race the recordings show).
+    # websocket messages reach the client before the answer (a race the recordings show); longer
+    # than the client waits, a job ComfyUI runs although its POST timed out.
     prompt_answer_delay: float = 0.0
+    # Seconds POST /prompt takes before the prompt is queued at all (a slow validation: custom
+    # nodes checking files, a busy server); with prompt_answer_delay, the answer comes later still.
+    prompt_queue_delay: float = 0.0
 
     # Execution: a node id ("8") or class_type ("VAEDecode") that raises when it runs; the
     # prompt ends with execution_error carrying `fail_type` and `fail_message`.
@@ -42,6 +46,7 @@ class Faults:
 
     _refuse: Callable[[float], Awaitable[None]] | None = field(default=None, repr=False)
     _restart: Callable[[float], Awaitable[None]] | None = field(default=None, repr=False)
+    _forget: Callable[[], None] | None = field(default=None, repr=False)
 
     def reset(self) -> None:
         """Every switch off."""
@@ -51,6 +56,7 @@ class Faults:
         self.http_500 = set()
         self.view_delay = 0.0
         self.prompt_answer_delay = 0.0
+        self.prompt_queue_delay = 0.0
         self.fail_node = None
         self.fail_type = "RuntimeError"
         self.fail_message = "Emulated failure (fault switch)"
@@ -70,6 +76,13 @@ class Faults:
         again on the same port. Queue and history are kept: a network outage, not a crash."""
         assert self._refuse is not None, "the emulator is not running"
         await self._refuse(seconds)
+
+    def forget_sockets(self) -> None:
+        """ComfyUI forgets every websocket connected now: each stays open and answers pings, but
+        nothing more is sent to it, not even the status broadcasts (a half-open socket: as after
+        a second socket under the same client id came and went)."""
+        assert self._forget is not None, "the emulator is not running"
+        self._forget()
 
     async def restart(self, down_seconds: float = 0.0) -> None:
         """As if ComfyUI restarted: queue, history and caches lost, every socket dropped,

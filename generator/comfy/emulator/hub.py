@@ -106,6 +106,11 @@ class Hub:
         self.sockets.clear()
         self.flags.clear()
 
+    def forget_sockets(self) -> None:
+        """Unregister every socket without closing it: it receives nothing more."""
+        self.sockets.clear()
+        self.flags.clear()
+
     def forget_messages(self) -> None:
         while not self.messages.empty():
             self.messages.get_nowait()

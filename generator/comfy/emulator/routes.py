@@ -112,6 +112,8 @@ class Api:
     async def post_prompt(self, request: web.Request) -> web.Response:
         body = await request.json()
         queue = self.emu.queue
+        if self.emu.faults.prompt_queue_delay:
+            await asyncio.sleep(self.emu.faults.prompt_queue_delay)
         if "number" in body:
             number: float = float(body["number"])
         else:

@@ -152,6 +152,7 @@ class Emulator:
         )
         self.faults._refuse = self.refuse_connections
         self.faults._restart = self.restart
+        self.faults._forget = self.hub.forget_sockets
         self._runner = web.AppRunner(
             build_app(self), access_log=None, handle_signals=False, shutdown_timeout=1.0
         )

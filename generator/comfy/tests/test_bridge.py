@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from generator.backends import installation_key
 from generator.comfy.bridge import Bridge, BridgeSettings
 from generator.comfy.client import ComfyClient
 from generator.comfy.emulator import Emulator
@@ -40,8 +41,8 @@ SMALL = {
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(url: str, **settings):
-    bridge = Bridge(url, settings=BridgeSettings(poll_seconds=0.1, **settings))
+async def running_bridge(url: str, client_id: str | None = None, **settings):
+    bridge = Bridge(url, client_id=client_id, settings=BridgeSettings(poll_seconds=0.1, **settings))
     task = asyncio.create_task(bridge.run())
     try:
         await asyncio.wait_for(bridge.connected.wait(), 10)
@@ -370,9 +371,9 @@ async def test_image_to_image_uploads_the_source_and_runs_end_to_end(emulator):
         bridge.wake.set()
         done = await wait_for_status(job.pk, S.SUCCEEDED)
 
-    assert (
-        emulator.folders.root / "input" / "comfysite" / f"comfysite-job{job.pk}.png"
-    ).read_bytes() == source
+    installation = await sync_to_async(installation_key)()
+    uploaded = emulator.folders.root / "input" / "comfysite" / f"{installation[:12]}-job{job.pk}.png"
+    assert uploaded.read_bytes() == source  # named for this installation's job, not any site's
     (image,) = await images_of(done.pk)
     assert (image.width, image.height) == (96, 64)  # image to image keeps the source's size
 

@@ -140,9 +140,9 @@ async def test_a_recorded_queue_gives_running_and_pending_ids_in_order(recorded)
 
     running = tuple(item[1] for item in answer["json"]["queue_running"])
     pending = tuple(item[1] for item in answer["json"]["queue_pending"])
-    owners = {item[1]: item[3]["client_id"] for item in answer["json"]["queue_running"]}
-    owners |= {item[1]: item[3]["client_id"] for item in answer["json"]["queue_pending"]}
-    assert snapshot == QueueSnapshot(running, pending, owners)
+    items = [*answer["json"]["queue_running"], *answer["json"]["queue_pending"]]
+    owners = {item[1]: item[3]["client_id"] for item in items}
+    assert snapshot == QueueSnapshot(running, pending, owners, {item[1]: item[3] for item in items})
     assert set(snapshot.client_ids.values()) == {"harness-8ccab5bd"}  # who queued each one
     assert (len(running), len(pending), remaining) == (1, 2, 3)
     assert [snapshot.position(p) for p in (*running, *pending)] == [0, 1, 2]
@@ -291,13 +291,18 @@ async def test_queue_and_queue_remaining_show_running_and_waiting_prompts(slow_e
     async with ComfyClient(slow_emulator.url) as comfy:
         first, second = str(uuid.uuid4()), str(uuid.uuid4())
         await comfy.queue_prompt(small_txt2img(1, 20), prompt_id=first, client_id="site")
-        await comfy.queue_prompt(small_txt2img(2, 20), prompt_id=second, client_id="site")
+        await comfy.queue_prompt(
+            small_txt2img(2, 20), prompt_id=second, client_id="site", extra_data={"tag": {"job": 2}}
+        )
         await asyncio.sleep(0.1)
 
         snapshot = await comfy.queue()
 
         assert snapshot == QueueSnapshot(
-            running=(first,), pending=(second,), client_ids={first: "site", second: "site"}
+            running=(first,),
+            pending=(second,),
+            client_ids={first: "site", second: "site"},
+            extra_data={first: {"client_id": "site"}, second: {"tag": {"job": 2}, "client_id": "site"}},
         )
         assert (snapshot.position(first), snapshot.position(second), snapshot.position("x")) == (0, 1, None)
         assert await comfy.queue_remaining() == 2

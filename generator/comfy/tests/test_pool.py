@@ -17,6 +17,7 @@ from generator.backends import (
     BackendConfig,
     has_least_work,
     healthy_backends,
+    installation_key,
     parse_backend_urls,
     release_leases,
     renew_leases,
@@ -117,7 +118,15 @@ def test_a_process_that_stops_cleanly_hands_its_backends_back_at_once():
 
 
 def online_backend(url: str, weight: int = 1) -> Backend:
-    return Backend.objects.create(url=url, online=True, checked_at=timezone.now(), weight=weight)
+    """A backend a bridge process drives and that reported just now."""
+    return Backend.objects.create(
+        url=url,
+        online=True,
+        checked_at=timezone.now(),
+        weight=weight,
+        lease_owner="process-1",
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=10),
+    )
 
 
 def jobs_on(url: str, count: int) -> None:
@@ -152,6 +161,18 @@ def test_a_backend_whose_bridge_went_quiet_does_not_hold_jobs_back():
     Backend.objects.filter(pk=quiet.pk).update(checked_at=timezone.now() - datetime.timedelta(minutes=5))
     jobs_on("http://busy", 1)
 
+    assert takes_next_job("http://busy", depth=2)
+
+
+def test_a_backend_no_bridge_drives_any_more_does_not_hold_jobs_back():
+    """Its URL was taken out of the configuration: the row still says online, fresh, but no
+    bridge holds its lease, so no job waits for it."""
+    online_backend("http://busy")
+    online_backend("http://removed")
+    Backend.objects.filter(url="http://removed").update(lease_owner="", lease_expires_at=None)
+    jobs_on("http://busy", 1)
+
+    assert [b.url for b in healthy_backends(30)] == ["http://busy"]
     assert takes_next_job("http://busy", depth=2)
 
 
@@ -210,20 +231,57 @@ async def test_a_dead_backends_jobs_go_to_another_backend_and_do_not_run_twice()
 
 
 async def test_a_backend_that_returns_drops_its_copy_of_a_job_that_moved_elsewhere(emulator):
-    """A copy in ComfyUI's queue, queued by our bridge, of a job the site no longer expects there
-    (moved to another backend while this one was unreachable) is deleted, not run twice."""
+    """A copy in ComfyUI's queue, queued by this installation, of a job the site no longer
+    expects there (moved to another backend while this one was unreachable) is deleted, not run
+    twice; whatever other installations sharing the ComfyUI queued stays, even under a client id
+    like ours."""
+    installation = await sync_to_async(installation_key)()
+    ours = {"comfysite": {"installation": installation, "job": 1}}
+    theirs = {"comfysite": {"installation": "f" * 32, "job": 1}}
+    running_copy = "00000000-0000-0000-0000-0000000000ff"
     stale_copy = "00000000-0000-0000-0000-00000000dead"
+    other_site = ["00000000-0000-0000-0000-0000000000a1", "00000000-0000-0000-0000-0000000000a2"]
     emulator.step_seconds = 1.0
     async with ComfyClient(emulator.url) as comfy:
-        for prompt_id in ("00000000-0000-0000-0000-0000000000ff", stale_copy):  # one runs, one waits
+        queued = [(running_copy, ours), (stale_copy, ours), (other_site[0], theirs), (other_site[1], {})]
+        for prompt_id, extra_data in queued:  # one runs, the others wait
             await comfy.queue_prompt(
-                small_graph(), prompt_id=prompt_id, client_id=client_id_for(emulator.url)
+                small_graph(),
+                prompt_id=prompt_id,
+                client_id=client_id_for(installation, emulator.url),
+                extra_data=extra_data,
             )
-        assert stale_copy in await comfy.queue()
         async with running_pool([emulator.url], "process-1") as pool:
             await until(lambda: connected_urls(pool) == {emulator.url})
             await asyncio.sleep(0.3)  # reconciling happens right after connecting
-            assert stale_copy not in await comfy.queue()
+            queue = await comfy.queue()
+            assert stale_copy not in queue
+            assert all(prompt_id in queue for prompt_id in other_site)
+            await until(lambda: running_copy in emulator.history, within=5)
+        assert emulator.history[running_copy]["status"]["status_str"] == "error"  # interrupted
+
+
+async def test_a_job_some_bridge_of_this_installation_still_drives_is_no_stale_copy(emulator):
+    """Two URLs of one ComfyUI (an alias), each driven by a bridge: each sees the other's jobs
+    in the queue, tagged with our installation, and leaves them alone."""
+    job = await new_job(steps=20)
+    installation = await sync_to_async(installation_key)()
+    prompt_id = "00000000-0000-0000-0000-00000000beef"
+    await sync_to_async(job.transition_to)(
+        S.SUBMITTED, backend="http://alias:8188", comfy_prompt_id=prompt_id
+    )
+    emulator.step_seconds = 0.5
+    async with ComfyClient(emulator.url) as comfy:
+        await comfy.queue_prompt(
+            small_graph(),
+            prompt_id=prompt_id,
+            client_id="another-process",
+            extra_data={"comfysite": {"installation": installation, "job": job.pk}},
+        )
+        async with running_pool([emulator.url], "process-1") as pool:
+            await until(lambda: connected_urls(pool) == {emulator.url})
+            await asyncio.sleep(0.3)
+            assert prompt_id in await comfy.queue()
 
 
 def small_graph() -> dict:

@@ -218,9 +218,25 @@ async def test_fail_a_sampler_mid_way_with_another_exception(emu, http):
 
 async def test_forgetting_the_sockets_leaves_them_open_and_silent(emu, http):
     async with Listener(emu.url, "watcher") as listener:
-        emu.sockets.clear()
+        emu.faults.forget_sockets()
         prompt_id = await queue(http, small())
         await emu.wait_idle()
         assert prompt_id in emu.history
         assert not listener.closed.is_set()
         assert [m["type"] for m in listener.messages] == ["status"]
+
+
+async def test_a_slow_validation_queues_the_prompt_only_after_its_delay(emu, http):
+    emu.faults.prompt_queue_delay = 0.5
+    emu.faults.prompt_answer_delay = 0.3
+    started = time.monotonic()
+    post = asyncio.create_task(queue(http, small()))
+    await asyncio.sleep(0.3)
+    assert emu.queue.remaining == 0  # still "validating"
+    assert not emu.history
+
+    prompt_id = await post
+
+    assert time.monotonic() - started >= 0.8  # queued after 0.5 s, answered 0.3 s later
+    await emu.wait_idle()
+    assert prompt_id in emu.history
