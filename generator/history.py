@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
@@ -261,7 +261,22 @@ def bulk_action(request: AuthenticatedRequest) -> HttpResponse:
         forget_user_totals(request.user.pk)
     elif action == "zip":
         return _zip_response(visible_images(request.user).filter(pk__in=ids))
-    return redirect(f"{reverse('history')}?{request.POST.get('query', '')}")
+    return redirect(_history_url(request.POST.get("query", "")))
+
+
+def _history_url(query: str) -> str:
+    """The history page with the filters it showed, sent back by the bulk form. Only valid
+    filters are kept, one value each: the query is anyone's to write, and a long one would make
+    a redirect Django refuses (over 16,384 characters: a 400 and an error in the log)."""
+    filters = QueryDict(query)
+    form = HistoryFilterForm(filters)
+    if not form.is_valid():
+        return reverse("history")
+    kept = QueryDict(mutable=True)
+    for name in form.fields:
+        if filters.get(name):
+            kept[name] = filters[name]
+    return f"{reverse('history')}?{kept.urlencode()}" if kept else reverse("history")
 
 
 def _zip_response(images: QuerySet[GeneratedImage]) -> HttpResponse:
