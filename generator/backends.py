@@ -38,34 +38,40 @@ class BackendSummary:
 
 
 def _driven() -> Q:
-    """Rows a bridge process holds a lease on now (by the database's clock)."""
+    """Rows a bridge process holds a lease on now (by the database's clock; pages compare by
+    their own, as the staff overview does: keep the clocks in sync)."""
     return ~Q(lease_owner="") & Q(lease_expires_at__gt=Now())
-
-
-def _reported_within(seconds: float) -> Q:
-    since = ExpressionWrapper(Now() - datetime.timedelta(seconds=seconds), output_field=DateTimeField())
-    return Q(checked_at__gte=since)
 
 
 def backend_summary() -> BackendSummary:
     """What every page says of the backends. Only a backend a bridge process drives (holds a
     lease on) and that reported lately counts as up: a row left behind by a URL taken out of
     the configuration, or by bridges that stopped, keeps the last word its bridge wrote
-    ("online") but nobody sends it jobs."""
+    ("online") but nobody sends it jobs. Read on every page: a few columns, compared here."""
     rows = list(
-        Backend.objects.only("url", "label", "online", "status_message", "is_demo").annotate(
-            driven=ExpressionWrapper(_driven(), output_field=BooleanField()),
-            fresh=ExpressionWrapper(_reported_within(HEARTBEAT_STALE_SECONDS), output_field=BooleanField()),
+        Backend.objects.values(
+            "url",
+            "label",
+            "online",
+            "status_message",
+            "is_demo",
+            "lease_owner",
+            "lease_expires_at",
+            "checked_at",
         )
     )
     if not rows:
         return BackendSummary(
             False, False, False, "No ComfyUI backend has been contacted yet; jobs wait in the queue."
         )
-    driven = [b for b in rows if b.driven]
-    online = [b for b in driven if b.online and b.fresh]
+    now = timezone.now()
+    fresh_since = now - datetime.timedelta(seconds=HEARTBEAT_STALE_SECONDS)
+    driven = [b for b in rows if b["lease_owner"] and b["lease_expires_at"] and b["lease_expires_at"] > now]
+    online = [b for b in driven if b["online"] and b["checked_at"] and b["checked_at"] >= fresh_since]
     if not online:
-        reasons = "; ".join(f"{b}: {b.status_message or 'no recent report'}" for b in driven)
+        reasons = "; ".join(
+            f"{b['label'] or b['url']}: {b['status_message'] or 'no recent report'}" for b in driven
+        )
         return BackendSummary(
             True,
             False,
@@ -73,7 +79,7 @@ def backend_summary() -> BackendSummary:
             f"ComfyUI is unreachable ({reasons or 'no bridge process is driving a backend'}). "
             "Jobs wait in the queue.",
         )
-    demo = all(b.is_demo for b in online)
+    demo = all(b["is_demo"] for b in online)
     message = "Demo backend: images come from ComfySite's built-in ComfyUI emulator." if demo else ""
     return BackendSummary(True, True, demo, message)
 

@@ -553,6 +553,8 @@ class Bridge:
             active.unconfirmed_since = time.monotonic()
             with contextlib.suppress(ComfyError):
                 await self._reconcile([active])
+            if self.active.get(job.comfy_prompt_id) is active:
+                await self._send_card(active)  # "Waiting in ComfyUI" meanwhile
             return False
         except (BackendUnreachable, ProtocolError) as error:
             return await self._not_sent(active, error)
