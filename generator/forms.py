@@ -104,8 +104,8 @@ class GenerateForm(forms.Form):
     """Fields appear only for parameters the workflow has; choices and ranges come from ComfyUI."""
 
     # Set by Refine and Reuse settings. Hidden, so their errors show at the top of the form.
-    source_image = IdField(label="Image to start from", refusal=NOT_YOUR_IMAGE)
-    parent = IdField(label="Earlier job", refusal=NOT_YOUR_JOB)
+    source_image = IdField(label="Source image", refusal=NOT_YOUR_IMAGE)
+    parent = IdField(label="Parent job", refusal=NOT_YOUR_JOB)
 
     def __init__(
         self, *args: Any, workflow: Workflow, object_info: dict[str, Any], user: Any = None, **kwargs: Any

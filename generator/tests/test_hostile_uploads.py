@@ -217,7 +217,7 @@ def test_a_refused_source_is_shown_with_its_label_and_not_sent_again(user_client
     response = user_client.post(reverse("generate"), upscale(source_image=image.pk), **HTMX)
 
     page = html.unescape(response.text)
-    assert "Image to start from: That image was removed by a moderator" in page
+    assert "Source image: That image was removed by a moderator" in page
     assert f'value="{image.pk}"' not in page
     assert response.context["source_preview"] is None
 
