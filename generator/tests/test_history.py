@@ -200,8 +200,32 @@ def test_bulk_zip_download_holds_the_selected_images(user_client, user):
 
     response = user_client.post(reverse("history-bulk"), {"action": "zip", "images": [i.pk for i in chosen]})
 
-    names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
+    assert response.streaming  # an image at a time, not the whole zip in memory
+    names = zipfile.ZipFile(io.BytesIO(b"".join(response))).namelist()
     assert len(names) == 2
+
+
+def test_a_zip_of_only_removed_images_says_there_is_nothing_to_download(user_client, user):
+    removed = GeneratedImageFactory(prompt=PromptFactory(owner=user), review_status="rejected")
+
+    response = user_client.post(
+        reverse("history-bulk"), {"action": "zip", "images": [removed.pk]}, follow=True
+    )
+
+    assert response["Content-Type"].startswith("text/html")
+    assert "None of the selected images can be downloaded" in response.text
+
+
+def test_bulk_messages_count_in_words(user_client, user):
+    one = GeneratedImageFactory(prompt=PromptFactory(owner=user))
+
+    marked = user_client.post(
+        reverse("history-bulk"), {"action": "favourite", "images": [one.pk]}, follow=True
+    )
+    deleted = user_client.post(reverse("history-bulk"), {"action": "delete", "images": [one.pk]}, follow=True)
+
+    assert "Marked 1 image as favourite." in marked.text
+    assert "Deleted 1 image." in deleted.text
 
 
 def test_bulk_delete_touches_only_my_images(user_client, user, other_user):
