@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: ports, percentiles, CPU time, and browser tabs.
+"""What the benchmark scripts share: ports, percentiles, CPU time, the emulator and the site in
+processes of their own, the straight-to-ComfyUI baseline, and browser tabs.
 
 Import it after django.setup(): tabs read Prompt rows.
 """
@@ -7,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +25,10 @@ import aiohttp
 import websockets
 from django.test import Client
 
-from generator.models import Prompt
+from generator.comfy.client import ComfyClient
+from generator.models import Backend, Prompt
 
+ROOT = Path(__file__).resolve().parents[1]
 STEP_RE = re.compile(r'id="prompt-(\d+)-progress".*?step (\d+)/(\d+)', re.S)
 CARD_RE = re.compile(r'id="prompt-(\d+)" data-status="(\w+)"')
 
@@ -40,6 +49,100 @@ def cpu_seconds(pid: int) -> float:
     time on a small shared machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class EmulatorProcess:
+    """bench/timed_emulator.py in a subprocess: ComfyUI's place, off the site's event loop."""
+
+    def __init__(self, step_seconds: float, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out = Path(tempfile.mkdtemp()) / "timeline.json"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "timed_emulator.py"),
+                str(self.port),
+                str(step_seconds),
+                str(self.out),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def stop(self) -> dict:
+        """Stop it; what it noted: `progress` [(prompt id, step, sent at)], `runs` [(start, end)]."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        return json.loads(self.out.read_text())
+
+
+class SiteProcess:
+    """`manage.py serve` against the emulator: the site and its bridge in a process of their own,
+    as a user runs it; the benchmark's process plays the clients."""
+
+    def __init__(self, emulator_url: str, port: int | None = None) -> None:
+        self.url = f"http://127.0.0.1:{port or free_port()}"
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "serve", "--port", self.url.rsplit(":", 1)[1]],
+            env={**os.environ, "COMFYUI_URL": emulator_url},
+            stdout=subprocess.DEVNULL,
+        )
+
+    async def started(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            online = await Backend.objects.filter(online=True).aexists()
+            if online:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with aiohttp.ClientSession() as http, http.get(self.url + "/accounts/login/"):
+                        return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the site did not start")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=30)
+
+
+async def run_site(emulator_url: str, port: int | None = None) -> SiteProcess:
+    await Backend.objects.all().adelete()
+    site = SiteProcess(emulator_url, port)
+    await site.started()
+    return site
+
+
+async def direct_job_seconds(emulator: EmulatorProcess, rounds: int, steps: int = 8) -> list[float]:
+    """The same small workflow sent straight to the emulator: POST → `executing` null."""
+    from generator.workflows import get_workflow
+
+    values = {"width": 64, "height": 64, "steps": steps}
+    graph = get_workflow("txt2img").fill(values, filename_prefix="direct")
+    durations = []
+    async with websockets.connect(emulator.url.replace("http", "ws") + "/ws?clientId=direct") as ws:
+        await ws.recv()
+        async with ComfyClient(emulator.url) as comfy:  # the bridge's own client, for a fair difference
+            for n in range(rounds):
+                graph["3"]["inputs"]["seed"] = n + 10_000
+                started = time.perf_counter()
+                prompt_id = (
+                    await comfy.queue_prompt(graph, prompt_id=str(uuid.uuid4()), client_id="direct")
+                ).prompt_id
+                while True:
+                    message = await ws.recv()
+                    if isinstance(message, str):
+                        event = json.loads(message)
+                        data = event["data"]
+                        if (
+                            event["type"] == "executing"
+                            and data["node"] is None
+                            and data["prompt_id"] == prompt_id
+                        ):
+                            break
+                durations.append(time.perf_counter() - started)
+    return durations
 
 
 def small_job(steps: int) -> dict[str, str]:

@@ -19,15 +19,10 @@ tabs (websocket clients, form posts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -42,24 +37,24 @@ import django  # noqa: E402
 
 django.setup()
 
-import aiohttp  # noqa: E402
-import websockets  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    EmulatorProcess,
+    SiteProcess,
     Tab,
     cpu_seconds,
-    free_port,
+    direct_job_seconds,
     percentile,
     relay_latencies,
+    run_site,
     session_cookie,
     small_job,
 )
 from generator.comfy.client import ComfyClient  # noqa: E402
-from generator.models import Backend  # noqa: E402
 
 SMALL_JOB = small_job(steps=8)
 
@@ -70,63 +65,6 @@ async def user_tab(site: str, username: str) -> Tab:
     tab = Tab(site, await sync_to_async(session_cookie)(user), SMALL_JOB)
     await tab.open()
     return tab
-
-
-class EmulatorProcess:
-    """bench/timed_emulator.py in a subprocess: ComfyUI's place, off the site's event loop."""
-
-    def __init__(self, step_seconds: float) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.out = Path(tempfile.mkdtemp()) / "timeline.json"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "timed_emulator.py"),
-                str(self.port),
-                str(step_seconds),
-                str(self.out),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline().strip() == "ready"
-
-    def stop(self) -> dict:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
-        return json.loads(self.out.read_text())
-
-
-async def direct_job_seconds(emulator: EmulatorProcess, rounds: int) -> list[float]:
-    """The same small workflow sent straight to the emulator: POST → `executing` null."""
-    from generator.workflows import get_workflow
-
-    graph = get_workflow("txt2img").fill({"width": 64, "height": 64, "steps": 8}, filename_prefix="direct")
-    durations = []
-    async with websockets.connect(emulator.url.replace("http", "ws") + "/ws?clientId=direct") as ws:
-        await ws.recv()
-        async with ComfyClient(emulator.url) as comfy:  # the bridge's own client, for a fair difference
-            for n in range(rounds):
-                graph["3"]["inputs"]["seed"] = n + 10_000
-                started = time.perf_counter()
-                prompt_id = (
-                    await comfy.queue_prompt(graph, prompt_id=str(uuid.uuid4()), client_id="direct")
-                ).prompt_id
-                while True:
-                    message = await ws.recv()
-                    if isinstance(message, str):
-                        event = json.loads(message)
-                        data = event["data"]
-                        if (
-                            event["type"] == "executing"
-                            and data["node"] is None
-                            and data["prompt_id"] == prompt_id
-                        ):
-                            break
-                durations.append(time.perf_counter() - started)
-    return durations
 
 
 def idle_gaps(runs: list[list[float]]) -> list[float]:
@@ -146,41 +84,6 @@ async def poll_loop(emulator: EmulatorProcess, count: int, poll_seconds: float) 
             ).prompt_id
             while await comfy.history(prompt_id) is None:  # noqa: ASYNC110
                 await asyncio.sleep(poll_seconds)
-
-
-class SiteProcess:
-    """`manage.py serve` against the emulator: the site and its bridge in a process of their own,
-    as a user runs it; this process plays the browsers."""
-
-    def __init__(self, emulator_url: str) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "serve", "--port", self.url.rsplit(":", 1)[1]],
-            env={**os.environ, "COMFYUI_URL": emulator_url},
-            stdout=subprocess.DEVNULL,
-        )
-
-    async def started(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            online = await Backend.objects.filter(online=True).aexists()
-            if online:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with aiohttp.ClientSession() as http, http.get(self.url + "/accounts/login/"):
-                        return
-            await asyncio.sleep(0.1)
-        raise AssertionError("the site did not start")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=30)
-
-
-async def run_site(emulator_url: str) -> SiteProcess:
-    await Backend.objects.all().adelete()
-    site = SiteProcess(emulator_url)
-    await site.started()
-    return site
 
 
 async def stop_site(site: SiteProcess, tabs: list[Tab]) -> None:
