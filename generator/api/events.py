@@ -63,12 +63,15 @@ def _load_job(viewer: Any, job_id: int, base: str) -> dict[str, Any] | None:
     return jobs_data([prompt], base)[0] if prompt else None
 
 
-def _owner_of(viewer: Any, job_id: int) -> int | None:
-    return jobs_visible_to(viewer).filter(pk=job_id).values_list("owner_id", flat=True).first()
+def _owner_and_job(viewer: Any, job_id: int, base: str) -> tuple[int, dict[str, Any]] | None:
+    """Whose job it is (whose group its events go to), and the job; None if `viewer` may not
+    see it."""
+    prompt = jobs_visible_to(viewer).filter(pk=job_id).first()
+    return (prompt.owner_id, jobs_data([prompt], base)[0]) if prompt else None
 
 
 load_job = sync_to_async(_load_job)
-owner_of = sync_to_async(_owner_of)
+owner_and_job = sync_to_async(_owner_and_job)
 
 
 def is_final(job: dict[str, Any]) -> bool:

@@ -27,7 +27,7 @@ from generator.webhooks import UnsafeWebhookUrl, check_url
 from generator.workflows import all_workflows
 
 from .errors import ApiError, not_found
-from .events import finished_event_id, is_final, job_event_stream, load_job, owner_of
+from .events import finished_event_id, is_final, job_event_stream, owner_and_job
 from .params import bound_form, describe_workflow, form_error, workflow_named
 from .representation import jobs_data, jobs_visible_to
 from .schemas import ErrorOut, JobIn, JobOut, JobPage, WorkflowOut
@@ -253,10 +253,10 @@ async def job_events(
 ) -> HttpResponse | StreamingHttpResponse:
     """The job's progress as it happens, as the web card shows it."""
     base = site_base(request)
-    owner_id = await owner_of(request.user, _job_id(pk))
-    job = await load_job(request.user, pk, base)
-    if job is None or owner_id is None:
+    found = await owner_and_job(request.user, _job_id(pk), base)
+    if found is None:
         raise not_found()
+    owner_id, job = found
     if is_final(job) and last_event_id == finished_event_id(job):
         return HttpResponse(status=204)  # seen it end: EventSource stops reconnecting on 204
     response = StreamingHttpResponse(
