@@ -21,7 +21,7 @@ from generator.backends import node_catalog
 from generator.history import after_cursor, date_bounds
 from generator.http import AuthenticatedRequest
 from generator.models import Prompt
-from generator.parsing import MAX_ID
+from generator.parsing import parse_id
 from generator.submissions import ApiOrigin, DuplicateRequest, cancel_job, start_job, wake_bridge
 from generator.webhooks import UnsafeWebhookUrl, check_url
 from generator.workflows import all_workflows
@@ -63,9 +63,10 @@ def checked_webhook_url(url: str) -> str:
 
 
 def _job_id(pk: int) -> int:
-    if not 0 < pk <= MAX_ID:
+    job_id = parse_id(pk)
+    if job_id is None:
         raise not_found()
-    return pk
+    return job_id
 
 
 # -- starting jobs, for this API and the OpenAI-compatible one ------------------------------

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
 
 from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_site
@@ -28,3 +31,26 @@ def page(browser):
     page = context.new_page()
     yield page
     context.close()
+
+
+class ErrorLog(logging.Handler):
+    """Collects records at ERROR and above from the root logger and Django's (which does not
+    propagate to the root)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def error_log() -> Iterator[ErrorLog]:
+    handler = ErrorLog()
+    loggers = [logging.getLogger(), logging.getLogger("django")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield handler
+    for logger in loggers:
+        logger.removeHandler(handler)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime
 import io
-import logging
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +29,7 @@ from PIL import Image
 from generator.api.keys import create_key
 from generator.api.links import signed_image_path
 from generator.models import GeneratedImage, Prompt
+from generator.tests.conftest import ErrorLog
 
 from .factories import GeneratedImageFactory, PromptFactory, UserFactory
 from .test_access import PUBLIC_URL_NAMES, named_routes
@@ -344,29 +343,6 @@ def world(db) -> World:
     ids = [str(row.pk) for row in (done, kept, rejected, failed, running, key)]
     tokens = [signed_image_path(image.pk)[0].rstrip("/").rpartition("/")[2] for image in (kept, rejected)]
     return World(users, ids, tokens)
-
-
-class ErrorLog(logging.Handler):
-    """Collects records at ERROR and above from the root logger and Django's (which does not
-    propagate to the root)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    loggers = [logging.getLogger(), logging.getLogger("django")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield handler
-    for logger in loggers:
-        logger.removeHandler(handler)
 
 
 class Counter:

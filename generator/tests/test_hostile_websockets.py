@@ -7,9 +7,6 @@ Everything goes through the application in comfysite/asgi.py, as a server would 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
@@ -56,26 +53,6 @@ def _report_count(request):
         capture = request.config.pluginmanager.getplugin("capturemanager")
         with capture.global_and_fixture_disabled():
             print(f"\ntest_hostile_websockets: {Counter.inputs} generated connections and messages")
-
-
-class ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    loggers = [logging.getLogger(), logging.getLogger("django")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield handler
-    for logger in loggers:
-        logger.removeHandler(handler)
 
 
 def session_cookie(user) -> tuple[bytes, bytes]:
