@@ -49,7 +49,14 @@ def send_relay(relay: Relay) -> None:
 
 
 def status_event(prompt: Prompt, position: int | None = None) -> dict[str, Any]:
-    return {"job": prompt.pk, "kind": "status", "status": prompt.status, "place": position}
+    started_at = prompt.started_at.isoformat() if prompt.started_at else None
+    return {
+        "job": prompt.pk,
+        "kind": "status",
+        "status": prompt.status,
+        "place": position,
+        "started_at": started_at,
+    }
 
 
 def progress_event(prompt_id: int, status: str, live: LiveState) -> dict[str, Any]:

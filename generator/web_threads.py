@@ -12,7 +12,10 @@ its thread. Since the threads last, so do their database connections (CONN_MAX_A
 does not open one. Async views (the API's, which wait for a job or stream its events for as
 long as it runs) go through Django's own async handling instead: they wait on the event loop,
 and hop to the shared threads only for their database work. Run on a thread, one of them would
-hold that thread, and every page behind it, for the whole wait.
+hold that thread, and every page behind it, for the whole wait. They are the API's, which uses
+no session, cookie or CSRF token, so they skip the pages' middleware: Django adapts each
+synchronous middleware around an async view as one or two crossings to a thread and back,
+seventeen crossings a request, each a wait for the GIL when the machine is busy.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_async
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, resolve
 
 
@@ -40,7 +45,7 @@ class SharedThreadsASGIHandler(ASGIHandler):
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}") for n in range(threads)
         ]
         self._next_executor = itertools.cycle(self.executors)
-        self.async_views = ASGIHandler()  # Django's own: middleware adapted around an async view
+        self.async_views = AsyncViewsASGIHandler()
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
@@ -58,3 +63,38 @@ def _is_async_view(path: str) -> bool:
         return iscoroutinefunction(resolve(path).func)
     except Resolver404:
         return False
+
+
+class AsyncViewsASGIHandler(ASGIHandler):
+    """Django's ASGI handler for the async views, with their one middleware instead of the
+    pages' chain."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        # What BaseHandler.load_middleware sets (django-stubs leave these private names out).
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        view = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
+        self._middleware_chain = convert_exception_to_response(ApiRequestMiddleware(view))
+
+
+class ApiRequestMiddleware:
+    """What the pages' middleware does that an API request needs, on the event loop: the
+    ALLOWED_HOSTS check (CommonMiddleware's) and SecurityMiddleware's HTTPS redirect and
+    headers, neither of which touches the database."""
+
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.security = SecurityMiddleware(get_response)
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        request.get_host()  # DisallowedHost: a 400, as on every page
+        redirect = self.security.process_request(request)
+        if redirect is not None:
+            return redirect
+        response = await self.get_response(request)
+        return self.security.process_response(request, response)

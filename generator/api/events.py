@@ -10,6 +10,7 @@ relay lost with a Redis restart) is still seen.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.core.serializers.json import DjangoJSONEncoder
 
 from generator.live import user_group
 from generator.models import Prompt
@@ -114,7 +116,7 @@ class EventIds:
 
 
 def _sse(event: str, data: Any, event_id: int | str) -> str:
-    payload = json.dumps(data, default=str, separators=(",", ":"))
+    payload = json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"))  # dates as the API's
     return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n"
 
 
@@ -132,27 +134,46 @@ def _live_data(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 async def job_event_stream(viewer: Any, owner_id: int, job_id: int, base: str) -> AsyncIterator[str]:
     """The job's state now (`status`, or `finished` if it has ended), then each change as it
-    happens: `queue`, `progress`, `preview`, `status`, and `finished`, after which it ends."""
+    happens: `queue`, `progress`, `preview`, `status`, and `finished`, after which it ends.
+
+    The job is read from the database when the stream opens, when it ends (for its outputs) and
+    after a quiet spell; a `status` in between is the job as last read, with what the bridge
+    told of the change: fifty streams do not each read their job at every step of it."""
     ids = EventIds()
     yield f"retry: {RETRY_MILLISECONDS}\n\n"
     async with JobListener(owner_id) as listener:
         job = await load_job(viewer, job_id, base)  # read once we listen: no change falls between
-        shown_status = None  # after a quiet spell the job is read again, but told only if changed
-        while job is not None:
-            if is_final(job):
-                yield _sse("finished", job, finished_event_id(job))
-                return
-            if job["status"] != shown_status:
-                yield _sse("status", job, ids.next())
-                shown_status = job["status"]
+        if job is not None and not is_final(job):
+            yield _sse("status", job, ids.next())
+        while job is not None and not is_final(job):
             events = await listener.events_for(job_id, QUIET_SECONDS)
             if events is None:
                 yield ": still here\n\n"
+                now = await load_job(viewer, job_id, base)  # a change no bridge told of, if any
+                told = now is None or now["status"] != job["status"]
             else:
                 for event in events:
                     if event["kind"] != "status":
                         yield _sse(*_live_data(event), ids.next())
-                if not any(event["kind"] == "status" for event in events):
+                changes = [event for event in events if event["kind"] == "status"]
+                if not changes:
                     continue
-                shown_status = None  # the bridge told a change: pass it on
-            job = await load_job(viewer, job_id, base)
+                told, change = True, changes[-1]
+                final = change["status"] in Prompt.FINAL_STATUSES
+                now = await load_job(viewer, job_id, base) if final else _changed(job, change)
+            job = now
+            if told and job is not None and not is_final(job):
+                yield _sse("status", job, ids.next())
+        if job is not None:
+            yield _sse("finished", job, finished_event_id(job))
+
+
+def _changed(job: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`job` after the status change the bridge told of."""
+    started_at = change["started_at"]
+    return {
+        **job,
+        "status": change["status"],
+        "queue_place": change["place"],
+        "started_at": datetime.datetime.fromisoformat(started_at) if started_at else None,
+    }

@@ -28,7 +28,26 @@ def query(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
-urlpatterns = [path("thread/", thread_name), path("query/", query)]
+@login_not_required
+async def wait_on_the_loop(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(0)
+    return HttpResponse("waited", content_type="text/plain")
+
+
+urlpatterns = [path("thread/", thread_name), path("query/", query), path("async/", wait_on_the_loop)]
+
+
+def count_thread_crossings(handler: SharedThreadsASGIHandler) -> list[object]:
+    crossings: list[object] = []
+    for executor in handler.executors:
+        submit = executor.submit
+
+        def counted(fn, *args, _submit=submit, **kwargs):
+            crossings.append(fn)
+            return _submit(fn, *args, **kwargs)
+
+        executor.submit = counted  # type: ignore[method-assign]
+    return crossings
 
 
 async def test_twenty_requests_at_once_are_served_by_the_configured_threads(settings):
@@ -67,3 +86,36 @@ async def test_requests_reuse_their_threads_database_connections(settings):
 
     assert {answer.status_code for answer in answers} == {200}
     assert len(opened) == 2  # one per thread, not one per request
+
+
+async def test_an_async_view_crosses_to_a_thread_for_no_middleware(settings):
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["localhost"]
+    handler = SharedThreadsASGIHandler(threads=2)
+    crossings = count_thread_crossings(handler)
+    transport = httpx.ASGITransport(app=handler)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        waited = await client.get("/async/")
+        # Only request_started and request_finished: Django closes stale database
+        # connections on the thread that holds them. No middleware crossed.
+        assert len(crossings) == 2
+        slept = await client.get("/thread/")
+
+    assert (waited.status_code, waited.text) == (200, "waited")
+    assert waited.headers["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware's, kept
+    assert slept.status_code == 200
+
+
+async def test_an_async_view_still_checks_the_host_and_redirects_to_https(settings):
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["localhost"]
+    settings.SECURE_SSL_REDIRECT = True
+    transport = httpx.ASGITransport(app=SharedThreadsASGIHandler(threads=1))
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://evil.example") as client:
+        assert (await client.get("/async/")).status_code == 400
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        answer = await client.get("/async/")
+    assert answer.status_code == 301
+    assert answer.headers["Location"] == "https://localhost/async/"

@@ -116,6 +116,33 @@ async def test_a_stream_shows_the_job_then_each_relayed_change_then_its_end(owne
     assert events[-1][0] == f"end-{prompt.pk}"
 
 
+async def test_a_status_change_told_by_the_bridge_shows_the_job_as_its_own_page_does(owner_and_client):
+    from channels.layers import get_channel_layer
+
+    user, client = owner_and_client
+    prompt = await sync_to_async(PromptFactory)(owner=user)
+    await sync_to_async(prompt.transition_to)(Prompt.Status.SUBMITTED)
+    response = await client.get(f"/api/jobs/{prompt.pk}/events")
+    stream = response.streaming_content
+    first = [await anext(stream), await anext(stream)]
+
+    layer = get_channel_layer()
+    relay = await sync_to_async(advance)(prompt.pk, Prompt.Status.RUNNING)
+    await layer.group_send(user_group(user.pk), relay.message())
+    told = [await anext(stream)]
+    page = json.loads((await client.get(f"/api/jobs/{prompt.pk}")).content)
+    relay = await sync_to_async(advance)(prompt.pk, Prompt.Status.SUCCEEDED)
+    await layer.group_send(user_group(user.pk), relay.message())
+    events = parse(first + told + await read_stream(response))
+
+    assert [name for _, name, _ in events] == ["status", "status", "finished"]
+    assert events[0][2]["status"] == "submitted"
+    running = events[1][2]
+    assert running == page
+    assert running["status"] == "running"
+    assert running["started_at"] is not None
+
+
 async def test_a_job_that_ended_is_told_at_once_and_a_client_that_saw_the_end_gets_204(owner_and_client):
     user, client = owner_and_client
     prompt = await sync_to_async(running_job)(user)
