@@ -89,8 +89,12 @@ async def wait_until_final(owner: Any, job_id: int, base: str = "") -> dict[str,
             if job is None or is_final(job):
                 return job
             events = await listener.events_for(job_id, QUIET_SECONDS)
-            while events is not None and not any(e["kind"] == "status" for e in events):
+            while events is not None and not any(_ends(event) for event in events):
                 events = await listener.events_for(job_id, QUIET_SECONDS)
+
+
+def _ends(event: dict[str, Any]) -> bool:
+    return event["kind"] == "status" and event["status"] in Prompt.FINAL_STATUSES
 
 
 # -- Server-Sent Events ---------------------------------------------------------------------
@@ -159,8 +163,7 @@ async def job_event_stream(viewer: Any, owner_id: int, job_id: int, base: str) -
                 if not changes:
                     continue
                 told, change = True, changes[-1]
-                final = change["status"] in Prompt.FINAL_STATUSES
-                now = await load_job(viewer, job_id, base) if final else _changed(job, change)
+                now = await load_job(viewer, job_id, base) if _ends(change) else _changed(job, change)
             job = now
             if told and job is not None and not is_final(job):
                 yield _sse("status", job, ids.next())

@@ -29,7 +29,7 @@ from generator.workflows import all_workflows
 from .errors import ApiError, not_found
 from .events import finished_event_id, is_final, job_event_stream, owner_and_job
 from .params import bound_form, describe_workflow, form_error, workflow_named
-from .representation import jobs_data, jobs_visible_to
+from .representation import jobs_data, jobs_visible_to, new_job_data
 from .schemas import ErrorOut, JobIn, JobOut, JobPage, WorkflowOut
 
 router = Router(tags=["jobs"])
@@ -169,7 +169,10 @@ def create_job(
         idempotency_key=idempotency_key or "",
         digest=digest,
     )
-    job = jobs_data(list(jobs_visible_to(request.user).filter(pk=prompt.pk)), site_base(request))[0]
+    if created:
+        job = new_job_data(prompt, site_base(request))
+    else:
+        job = jobs_data(list(jobs_visible_to(request.user).filter(pk=prompt.pk)), site_base(request))[0]
     response["Location"] = job["links"]["self"]
     if not created:
         response["Idempotent-Replayed"] = "true"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
@@ -9,7 +10,7 @@ from django.urls import reverse
 
 from generator.history import visible_images
 from generator.live import LiveState, load_live_states, queue_positions
-from generator.models import Prompt
+from generator.models import GeneratedImage, Prompt
 
 from .links import signed_image_path
 
@@ -27,14 +28,28 @@ def jobs_data(prompts: list[Prompt], base: str = "") -> list[dict[str, Any]]:
     for absolute links ("" for links relative to it)."""
     places = queue_positions(prompts)
     lives = load_live_states([p.pk for p in prompts if not p.is_final])
-    return [job_data(p, place=places.get(p.pk), live=lives.get(p.pk), base=base) for p in prompts]
+    return [
+        job_data(p, p.images.all(), place=places.get(p.pk), live=lives.get(p.pk), base=base) for p in prompts
+    ]
 
 
-def job_data(prompt: Prompt, *, place: int | None, live: LiveState | None, base: str = "") -> dict[str, Any]:
+def new_job_data(prompt: Prompt, base: str = "") -> dict[str, Any]:
+    """A job just queued, as the API shows it: no images yet, nothing live."""
+    return job_data(prompt, (), place=queue_positions([prompt]).get(prompt.pk), live=None, base=base)
+
+
+def job_data(
+    prompt: Prompt,
+    images: Iterable[GeneratedImage],
+    *,
+    place: int | None,
+    live: LiveState | None,
+    base: str = "",
+) -> dict[str, Any]:
     live = live or LiveState()
     running = prompt.status == Prompt.Status.RUNNING
     outputs = []
-    for image in prompt.images.all():
+    for image in images:
         path, expires_at = signed_image_path(image.pk)
         outputs.append(
             {

@@ -45,6 +45,7 @@ def test_a_job_is_queued_at_once_with_the_forms_defaults(api, user):
     assert isinstance(job["parameters"]["seed"], int)  # drawn, and kept with the job
     assert response["Location"].endswith(f"/api/jobs/{job['id']}")
     assert job["links"]["events"].endswith(f"/api/jobs/{job['id']}/events")
+    assert job == api.get(f"/api/jobs/{job['id']}").json()  # the job as its own page shows it
 
 
 def test_width_and_height_give_a_custom_size(api):
