@@ -229,6 +229,9 @@ COMFYUI_DEFAULT_URL = "http://127.0.0.1:8188"
 BRIDGE_LEASE_SECONDS = float(os.environ.get("BRIDGE_LEASE_SECONDS", "10"))
 # A backend unreachable this long has its unfinished jobs put back in the queue for the others.
 BACKEND_DEAD_SECONDS = float(os.environ.get("BACKEND_DEAD_SECONDS", "60"))
+# How often every open page asks whether the backend banner changed (a cached fragment; tabs
+# with the jobs websocket also hear a change at once).
+BANNER_POLL_SECONDS = int(os.environ.get("BANNER_POLL_SECONDS", "15"))
 
 WORKFLOWS_DIR = Path(os.environ.get("WORKFLOWS_DIR", BASE_DIR / "workflows"))
 
