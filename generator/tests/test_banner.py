@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
@@ -64,13 +66,25 @@ def test_the_polled_banner_follows_the_backends_for_visitors(client):
     assert 'id="backend-banner"' in after.text
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_a_change_of_backend_health_reaches_an_open_tab_over_its_websocket(user):
-    row = await sync_to_async(backend)("http://gpu:8188", label="GPU A", is_demo=True)
+@contextlib.asynccontextmanager
+async def watched_tab(user) -> AsyncIterator[WebsocketCommunicator]:
+    """A signed-in tab's websocket, with the banner watched as a bridge process watches it."""
     tab = communicator_for(user)
     await tab.connect()
     watcher = asyncio.create_task(watch_banner(interval=0.05))
     try:
+        yield tab
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await tab.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_change_of_backend_health_reaches_an_open_tab_over_its_websocket(user):
+    row = await sync_to_async(backend)("http://gpu:8188", label="GPU A", is_demo=True)
+    async with watched_tab(user) as tab:
         first = await tab.receive_from(timeout=5)
         await sync_to_async(Backend.objects.filter(pk=row.pk).update)(
             online=False, status_message="connection lost: refused"
@@ -78,11 +92,6 @@ async def test_a_change_of_backend_health_reaches_an_open_tab_over_its_websocket
         down = await tab.receive_from(timeout=5)
         await sync_to_async(Backend.objects.filter(pk=row.pk).update)(online=True, status_message="")
         back = await tab.receive_from(timeout=5)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        await tab.disconnect()
 
     assert DEMO in first
     assert DOWN_FOR_USERS in down
@@ -94,16 +103,8 @@ async def test_a_change_of_backend_health_reaches_an_open_tab_over_its_websocket
 @pytest.mark.django_db(transaction=True)
 async def test_an_unchanged_banner_is_not_told_again(user):
     await sync_to_async(backend)("http://gpu:8188", is_demo=True)
-    tab = communicator_for(user)
-    await tab.connect()
-    watcher = asyncio.create_task(watch_banner(interval=0.05))
-    try:
+    async with watched_tab(user) as tab:
         await tab.receive_from(timeout=5)
         quiet = await tab.receive_nothing(timeout=0.3)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        await tab.disconnect()
 
     assert quiet
