@@ -86,11 +86,12 @@ def test_a_missing_page_is_the_sites_own(client):
     assert "There is nothing at this address" in response.content.decode()
 
 
-def test_the_site_as_make_run_serves_it_has_its_pages_and_static_files_and_no_debug_page(tmp_path):
+def test_the_site_as_make_run_serves_it_has_its_pages_and_static_files_and_no_tracebacks(tmp_path):
     with running_site(tmp_path, extra_env={"DEBUG": ""}) as url:
         login = httpx.get(f"{url}/accounts/login/")
         css = httpx.get(f"{url}/static/css/site.css")
         missing = httpx.get(f"{url}/no-such-page/")
+        too_long = httpx.get(f"{url}/history/?q={'%C3%A9' * 2000}")
 
     assert login.status_code == 200
     assert "Log in" in login.text
@@ -99,3 +100,5 @@ def test_the_site_as_make_run_serves_it_has_its_pages_and_static_files_and_no_de
     assert missing.status_code == 404
     assert "DEBUG = True" not in missing.text
     assert "There is nothing at this address" in missing.text
+    assert too_long.status_code == 414
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
