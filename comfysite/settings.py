@@ -1,8 +1,9 @@
 """ComfySite settings, read from environment variables with embedded defaults.
 
 The defaults run everything on one machine (SQLite, in-memory channel layer, the built-in
-ComfyUI emulator when no ComfyUI answers). Production sets DEBUG=false, SECRET_KEY,
-DATABASE_URL (PostgreSQL), REDIS_URL and COMFYUI_URL; see the README.
+ComfyUI emulator when no ComfyUI answers), for localhost only, without Django's debug pages.
+Production sets ALLOWED_HOSTS, SECRET_KEY, DATABASE_URL (PostgreSQL), REDIS_URL and
+COMFYUI_URLS; developers set DEBUG=true. See the README.
 """
 
 import os
@@ -38,15 +39,25 @@ def local_secret_key() -> str:
     return key_file.read_text().strip()
 
 
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: Django's debug page shows anyone who makes a 500 the code, the settings
+# and the request. Developers opt in with DEBUG=true.
+DEBUG = env_bool("DEBUG", False)
+
+# With no ALLOWED_HOSTS the site answers only to this machine's own names, as `make run` serves
+# it on a fresh machine: plain HTTP, a secret key generated into var/, static files served from
+# where they are. A host name means a deployment: HTTPS behind a proxy, a SECRET_KEY shared by
+# every process, and `collectstatic` (see the README).
+LOCALHOST_ONLY = not env_list("ALLOWED_HOSTS")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or ["127.0.0.1", "localhost", "[::1]"]
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    if not (DEBUG or LOCALHOST_ONLY):
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when the site serves ALLOWED_HOSTS (every process needs the same)."
+        )
     SECRET_KEY = local_secret_key()
 
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
@@ -64,6 +75,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "generator.middleware.refuse_long_urls",  # first: before anything builds a redirect from the URL
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -183,8 +195,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "staticfiles"))
-if DEBUG:
-    # In development static files come from the app folders; an empty root keeps ServeStatic quiet.
+# On localhost (and in debug) static files are served from the app folders, without
+# `collectstatic`: `make run` is one command. A deployment serves the collected, hashed copies.
+STATIC_FROM_FINDERS = DEBUG or LOCALHOST_ONLY
+SERVESTATIC_USE_FINDERS = STATIC_FROM_FINDERS
+if STATIC_FROM_FINDERS:
+    # An empty root keeps ServeStatic quiet.
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # Media holds users' private images: it is never served under a public URL, only through
@@ -196,7 +212,7 @@ STORAGES = {
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
-            if DEBUG
+            if STATIC_FROM_FINDERS
             else "servestatic.storage.CompressedManifestStaticFilesStorage"
         )
     },
@@ -213,12 +229,15 @@ COMFYUI_DEFAULT_URL = "http://127.0.0.1:8188"
 BRIDGE_LEASE_SECONDS = float(os.environ.get("BRIDGE_LEASE_SECONDS", "10"))
 # A backend unreachable this long has its unfinished jobs put back in the queue for the others.
 BACKEND_DEAD_SECONDS = float(os.environ.get("BACKEND_DEAD_SECONDS", "60"))
+# How often every open page asks whether the backend banner changed (a cached fragment; tabs
+# with the jobs websocket also hear a change at once).
+BANNER_POLL_SECONDS = int(os.environ.get("BANNER_POLL_SECONDS", "15"))
 
 WORKFLOWS_DIR = Path(os.environ.get("WORKFLOWS_DIR", BASE_DIR / "workflows"))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-if not DEBUG:
+if not (DEBUG or LOCALHOST_ONLY):  # no certificate for localhost: `make run` is plain HTTP
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000"))

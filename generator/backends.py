@@ -29,12 +29,22 @@ def bundled_object_info() -> dict[str, Any]:
     return json.loads(BUNDLED_OBJECT_INFO.read_text())
 
 
+VISITORS_UNREACHABLE = "ComfyUI is unreachable just now. Jobs wait in the queue."
+
+
 @dataclass(frozen=True)
 class BackendSummary:
     configured: bool
     online: bool
     demo: bool
     message: str
+
+    def for_visitors(self) -> BackendSummary:
+        """The same news for someone not signed in: without the backends' names, addresses and
+        errors, which are the operator's business."""
+        if self.online:
+            return self
+        return BackendSummary(self.configured, False, False, VISITORS_UNREACHABLE)
 
 
 def _driven() -> Q:

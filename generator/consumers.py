@@ -9,6 +9,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.cache import cache
 
+from .banner import BANNER_GROUP
 from .live import unfinished_cards, user_group
 
 UNAUTHENTICATED = 4401
@@ -70,6 +71,7 @@ class JobsConsumer(AsyncWebsocketConsumer):
         self.counted_user = user.pk
         self.group = user_group(user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(BANNER_GROUP, self.channel_name)
         await self.accept()
         # A tab that (re)connects first gets where every unfinished job is now.
         for html in await database_sync_to_async(unfinished_cards)(user.pk):
@@ -81,6 +83,7 @@ class JobsConsumer(AsyncWebsocketConsumer):
             self.counted_user = None
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(BANNER_GROUP, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Tabs only listen; anything they send is ignored."""
@@ -95,6 +98,10 @@ class JobsConsumer(AsyncWebsocketConsumer):
         await super().dispatch(message)
 
     async def job_html(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["html"])
+
+    async def banner_html(self, event: dict[str, Any]) -> None:
+        """The backend banner changed (generator/banner.py): swapped in by its id."""
         await self.send(text_data=event["html"])
 
 

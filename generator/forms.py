@@ -88,6 +88,13 @@ class UploadedImageField(forms.ImageField):
         return forms.FileField.to_python(self, data)
 
 
+class OfferedChoiceField(forms.ChoiceField):
+    """A choice among what ComfyUI offers (models, samplers…). `note` says so when the value the
+    workflow asks for is not among them and another is used instead."""
+
+    note: str = ""
+
+
 NOT_YOUR_IMAGE = "That image is not one of yours."
 NOT_YOUR_JOB = "That earlier job is not one of yours."
 
@@ -175,8 +182,12 @@ class GenerateForm(forms.Form):
                 widget=forms.NumberInput(attrs={"placeholder": "random"}),
             )
         if isinstance(kind, list):
-            choices = [(choice, choice) for choice in kind if isinstance(choice, str)]
-            return forms.ChoiceField(label=label, choices=choices, help_text=help_text)
+            offered = [choice for choice in kind if isinstance(choice, str)]
+            field = OfferedChoiceField(
+                label=label, choices=[(choice, choice) for choice in offered], help_text=help_text
+            )
+            field.note = self._use_offered_choice(parameter, offered)
+            return field
         if kind in {"INT", "FLOAT"}:
             low, high = _bounded(name, options.get("min"), options.get("max"))
             low = parameter.minimum if parameter.minimum is not None else low
@@ -193,6 +204,29 @@ class GenerateForm(forms.Form):
         if kind == "STRING":
             return forms.CharField(label=label, max_length=4000, help_text=help_text)
         return None
+
+    def _use_offered_choice(self, parameter: Parameter, offered: list[str]) -> str:
+        """When the value asked for (by the workflow, or the settings being reused) is not one
+        ComfyUI offers, start from the first it offers, as a browser would show it, and say so
+        (the note); "" when nothing was replaced."""
+        asked = self.initial.get(parameter.name)
+        if asked is None or asked in offered or not offered:
+            return ""
+        self.initial[parameter.name] = offered[0]
+        who = "This workflow asks" if asked == parameter.default else "The settings you reuse ask"
+        return (
+            f"{who} for the {parameter.label.lower()} “{asked}”, which ComfyUI doesn't have; "
+            f"using “{offered[0]}”."
+        )
+
+    @property
+    def notes(self) -> list[str]:
+        """What the form changed of what was asked for (see OfferedChoiceField)."""
+        return [
+            field.note
+            for field in self.fields.values()
+            if isinstance(field, OfferedChoiceField) and field.note
+        ]
 
     def clean_source_image(self) -> GeneratedImage | None:
         """One of the images the user may see: a rejected image must not come back into view as

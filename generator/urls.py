@@ -19,4 +19,5 @@ urlpatterns = [
     path("history/images/<id:pk>/delete/", history.delete_image, name="image-delete"),
     path("history/images/<id:pk>/download/", history.download_image, name="image-download"),
     path("staff/overview/", history.staff_overview, name="staff-overview"),
+    path("backend-status/", views.backend_banner, name="backend-banner"),
 ]

@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
 from django.db.models import Prefetch
 from django.db.models.fields.files import FieldFile
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from . import backends
+from .banner import banner_html, cached_banner_summary
 from .forms import GenerateForm
 from .history import visible_images
 from .http import AuthenticatedRequest
@@ -182,3 +185,13 @@ def image_thumbnail(request: AuthenticatedRequest, pk: int) -> HttpResponse:
     if not image.thumbnail:
         return private_file(image.file, image.content_type)
     return private_file(image.thumbnail, "image/webp")
+
+
+@login_not_required
+@never_cache
+@require_GET
+def backend_banner(request: HttpRequest) -> HttpResponse:
+    """The backend banner alone, which every page polls: also for visitors not signed in (the
+    log-in page has it too), who are told nothing of the backends but up, down or demo."""
+    summary = cached_banner_summary(signed_in=request.user.is_authenticated)
+    return HttpResponse(banner_html(summary, poll=True))

@@ -144,5 +144,6 @@ def describe_workflow(user: Any, workflow: Workflow, catalog: NodeCatalog) -> di
         "takes_image": workflow.takes_image,
         "available": not problems,
         "problems": problems,
+        "notes": form.notes,
         "parameters": parameters,
     }

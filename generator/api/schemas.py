@@ -43,6 +43,10 @@ class WorkflowOut(Schema):
     takes_image: bool
     available: bool
     problems: list[str]
+    # What the parameters' defaults replace of what the workflow asks for, e.g. a model this
+    # ComfyUI lacks: "This workflow asks for the model “sdxl.safetensors”, which ComfyUI doesn't
+    # have; using “v1-5-pruned-emaonly.safetensors”."
+    notes: list[str] = []
     parameters: list[ParameterOut]
 
 

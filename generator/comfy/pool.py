@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from generator.backends import BackendConfig, installation_key, release_leases, renew_leases, take_lease
+from generator.banner import watch_banner
 from generator.webhooks import WebhookSender
 
 from .bridge import Bridge, BridgeSettings
@@ -53,9 +54,10 @@ class BridgePool:
         self.places_lock = asyncio.Lock()  # one bridge at a time tells the queue's moves
 
     async def run(self) -> None:
-        """Drive backends, and send due webhooks, until cancelled; then hand the backends'
-        leases back at once."""
+        """Drive backends, send due webhooks and tell open tabs the backend banner, until
+        cancelled; then hand the backends' leases back at once."""
         webhooks = asyncio.create_task(WebhookSender().run(), name="webhooks")
+        banner = asyncio.create_task(watch_banner(), name="backend banner")
         try:
             while True:
                 try:
@@ -65,7 +67,8 @@ class BridgePool:
                 await asyncio.sleep(self.round_seconds)
         finally:
             webhooks.cancel()
-            await asyncio.gather(webhooks, return_exceptions=True)
+            banner.cancel()
+            await asyncio.gather(webhooks, banner, return_exceptions=True)
             await self._stop(list(self.bridges))
             with contextlib.suppress(Exception):
                 await sync_to_async(release_leases)([config.url for config in self.backends], self.owner)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import datetime
 import io
 
 import factory
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from generator.models import GeneratedImage, Prompt
+from generator.models import Backend, GeneratedImage, Prompt
 
 PASSWORD = "correct horse battery staple"
 
@@ -66,3 +69,23 @@ class GeneratedImageFactory(factory.django.DjangoModelFactory):
     bytes = 1000
     node_id = "9"
     output_index = factory.Sequence(int)
+
+
+def backend(url: str, *, online: bool = True, driven: bool = True, message: str = "", **fields) -> Backend:
+    """A backend row as a bridge keeps it: just reported, and (`driven`) leased by a bridge process."""
+    lease = {}
+    if driven:
+        until = timezone.now() + datetime.timedelta(seconds=10)
+        lease = {"lease_owner": "host:1:abc", "lease_expires_at": until}
+    return Backend.objects.create(
+        url=url, online=online, status_message=message, checked_at=timezone.now(), **lease, **fields
+    )
+
+
+def backend_with_models(*checkpoints: str) -> Backend:
+    """A driven backend whose ComfyUI has these checkpoints, and every core node."""
+    from generator.backends import bundled_object_info
+
+    info = copy.deepcopy(bundled_object_info())
+    info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] = list(checkpoints)
+    return backend("http://gpu:8188", object_info=info, node_classes=sorted(info))

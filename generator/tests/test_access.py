@@ -13,6 +13,7 @@ PUBLIC_URL_NAMES = {
     "password_reset_done",
     "password_reset_confirm",
     "password_reset_complete",
+    "backend-banner",  # what the log-in page polls; says nothing of the backends but up or down
 }
 
 

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from generator.models import Prompt
 
-from .factories import PromptFactory
+from .factories import PromptFactory, backend_with_models
 
 pytestmark = pytest.mark.django_db
 
@@ -58,6 +58,36 @@ def test_the_home_page_shows_the_form_with_choices_from_comfyui(user_client):
         "v1-5-pruned-emaonly.safetensors": "v1-5-pruned-emaonly.safetensors"
     }
     assert 'ws-connect="/ws/jobs/"' in response.text
+
+
+def test_a_workflow_whose_model_comfyui_lacks_says_which_one_the_form_uses_instead(user_client):
+    backend_with_models("sdxl_base.safetensors", "dreamshaper_8.safetensors")
+
+    response = user_client.get(reverse("home"))
+
+    assert (
+        "This workflow asks for the model “v1-5-pruned-emaonly.safetensors”, which ComfyUI "
+        "doesn&#x27;t have; using “sdxl_base.safetensors”."
+    ) in response.text
+    assert '<option value="sdxl_base.safetensors" selected>' in response.text
+
+
+def test_the_settings_reused_from_a_job_whose_model_is_gone_say_so(user_client, user):
+    backend_with_models("sdxl_base.safetensors")
+    earlier = PromptFactory(owner=user, params={**valid_data(), "checkpoint": "old_model.safetensors"})
+
+    response = user_client.get(reverse("home"), {"reuse": earlier.pk})
+
+    assert "The settings you reuse ask for the model “old_model.safetensors”" in response.text
+
+
+def test_a_workflow_whose_model_comfyui_has_carries_no_note(user_client):
+    backend_with_models("v1-5-pruned-emaonly.safetensors", "sdxl_base.safetensors")
+
+    response = user_client.get(reverse("home"))
+
+    assert "which ComfyUI doesn" not in response.text
+    assert '<option value="v1-5-pruned-emaonly.safetensors" selected>' in response.text
 
 
 def test_posting_the_form_queues_a_job_and_returns_its_card(user_client, user):

@@ -130,6 +130,7 @@ ROUTES: dict[str, Route] = {
     "image-delete": Route(methods=("POST",)),
     "image-download": Route(),
     "staff-overview": Route(),
+    "backend-banner": Route(),
     "signup": Route(
         methods=("GET", "POST"), form={"username": TEXT, "email": TEXT, "password1": TEXT, "password2": TEXT}
     ),

@@ -17,7 +17,7 @@ from generator.backends import backend_summary, installation_key
 from generator.models import Backend, GeneratedImage, Installation
 from generator.workflows import map_parameters
 
-from .factories import PromptFactory, UserFactory, png_bytes
+from .factories import PromptFactory, UserFactory, backend, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -43,16 +43,6 @@ def test_an_installation_whose_identity_row_went_missing_makes_a_new_one():
 
 
 # -- the banner -----------------------------------------------------------------------------------------
-
-
-def backend(url: str, *, online: bool = True, driven: bool = True, message: str = "", **fields) -> Backend:
-    lease = {}
-    if driven:
-        until = timezone.now() + datetime.timedelta(seconds=10)
-        lease = {"lease_owner": "host:1:abc", "lease_expires_at": until}
-    return Backend.objects.create(
-        url=url, online=online, status_message=message, checked_at=timezone.now(), **lease, **fields
-    )
 
 
 def test_a_backend_no_bridge_drives_does_not_hide_that_comfyui_is_unreachable():

@@ -14,7 +14,7 @@ from django.utils import timezone
 from generator.api import main
 from generator.live import BRIDGE_GROUP
 from generator.models import Prompt
-from generator.tests.factories import GeneratedImageFactory, PromptFactory, png_bytes
+from generator.tests.factories import GeneratedImageFactory, PromptFactory, backend_with_models, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -321,6 +321,22 @@ def test_workflows_list_each_parameter_with_its_type_bounds_and_choices(api):
     assert "euler" in parameters["sampler"]["choices"]
     assert workflows["img2img"]["takes_image"] is True
     assert {p["name"]: p for p in workflows["img2img"]["parameters"]}["image"]["type"] == "image"
+
+
+def test_a_workflow_whose_model_comfyui_lacks_says_so_and_its_jobs_use_the_one_offered(api):
+    backend_with_models("sdxl_base.safetensors")
+
+    workflows = {w["name"]: w for w in api.get("/api/workflows").json()}
+    job = post_job(api).json()
+
+    txt2img = workflows["txt2img"]
+    assert txt2img["notes"] == [
+        "This workflow asks for the model “v1-5-pruned-emaonly.safetensors”, which ComfyUI doesn't "
+        "have; using “sdxl_base.safetensors”."
+    ]
+    assert {p["name"]: p for p in txt2img["parameters"]}["checkpoint"]["default"] == "sdxl_base.safetensors"
+    assert txt2img["available"] is True
+    assert job["parameters"]["checkpoint"] == "sdxl_base.safetensors"
 
 
 # -- cancelling -----------------------------------------------------------------------------
