@@ -168,6 +168,7 @@ class BridgeSettings:
     probe_seconds: float = 1.0  # how often the socket and the jobs we hear nothing of are checked
     # A job whose POST went unanswered and that ComfyUI does not show is sent again after this.
     unconfirmed_seconds: float = 30.0
+    layer_retry_seconds: float = 1.0  # the channel layer failed (Redis restarting): listen again after
 
 
 class Bridge:
@@ -790,6 +791,20 @@ class Bridge:
     # -- control messages from the web processes -------------------------------------------
 
     async def _listen_control(self) -> None:
+        """Wakes and cancels from the web processes. The channel layer going away (Redis
+        restarted) is waited out here: it once ended this task, and with it the whole bridge,
+        its socket and every job's live state. A wake missed meanwhile costs one poll."""
+        while True:
+            try:
+                await self._receive_control()
+            except Exception as error:
+                logger.warning(
+                    "Bridge %s: channel layer unavailable (%s); listening again shortly", self.url, error
+                )
+                await asyncio.sleep(self.settings.layer_retry_seconds)
+                self.wake.set()
+
+    async def _receive_control(self) -> None:
         channel = await self.layer.new_channel()
         await self.layer.group_add(BRIDGE_GROUP, channel)
         try:
@@ -800,7 +815,8 @@ class Bridge:
                 elif message.get("type") == "cancel.job":
                     self._later(functools.partial(self.cancel, int(message["prompt"])))
         finally:
-            await self.layer.group_discard(BRIDGE_GROUP, channel)
+            with contextlib.suppress(Exception):  # the layer may be the thing that failed
+                await self.layer.group_discard(BRIDGE_GROUP, channel)
 
     async def cancel(self, pk: int) -> None:
         """Waiting in ComfyUI: delete it from the queue. Running: interrupt it, by its id only."""

@@ -251,3 +251,50 @@ def test_bridges_of_two_installations_have_their_own_client_ids_and_upload_names
     assert one.upload_name(_job(job)) != other.upload_name(_job(job))
     assert one.extra_data(_job(job)) == {"comfysite": {"installation": "a" * 32, "job": 7}}
     assert BridgeSettings().silence_seconds > BridgeSettings().quiet_seconds
+
+
+# -- the channel layer ---------------------------------------------------------------------------
+
+
+class RestartingLayer:
+    """A channel layer (Redis) that goes away once while the bridge listens, then comes back."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[dict] = asyncio.Queue()
+        self.failures = 1
+        self.channels = 0
+
+    async def new_channel(self) -> str:
+        self.channels += 1
+        return f"bridge-{self.channels}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        pass
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        raise ConnectionError("Connection refused")  # still down while the listener cleans up
+
+    async def receive(self, channel: str) -> dict:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return await self.messages.get()
+
+
+async def test_the_bridge_keeps_listening_for_wakes_after_redis_restarts():
+    """Found by the soak: Redis restarting ended the bridge's control listener, and with it the
+    whole bridge (its socket, its jobs' live state); the process started it again from scratch."""
+    bridge = Bridge("http://127.0.0.1:9")
+    bridge.layer = layer = RestartingLayer()
+    listener = asyncio.create_task(bridge._listen_control())
+    try:
+        await asyncio.sleep(0.1)
+        bridge.wake.clear()
+        await layer.messages.put({"type": "wake"})
+        await asyncio.wait_for(bridge.wake.wait(), 3)
+        await asyncio.sleep(0.1)
+        assert layer.messages.empty()  # the wake sent after the outage was received
+        assert not listener.done()
+        assert layer.channels == 2  # it subscribed again once the layer was back
+    finally:
+        listener.cancel()
