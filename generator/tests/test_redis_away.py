@@ -1,7 +1,9 @@
-"""The site while its Redis cache is away (restarting): pages, posts and the bridge's image
-imports go on without it. Found by the fault soak (bench/soak.py): with Django's own Redis
-cache every page was a 500 (the session is read through the cache first) and finished images
-could not be stored (saving one forgets the owner's cached totals)."""
+"""The site while Redis is away (restarting): pages, posts, cancels and the bridge's image
+imports go on without its cache and channel layer. Found by the fault soak (bench/soak.py):
+with Django's own Redis cache every page was a 500 (the session is read through the cache
+first) and finished images could not be stored (saving one forgets the owner's cached totals);
+a job posted while the channel layer was away was saved, then answered 500 (waking the bridge
+failed), so its owner would post it again."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from django.core.cache import cache
 from PIL import Image
 
+from comfysite.settings import redis_channel_layers
 from generator import jobs
 from generator.api.keys import create_key
 from generator.models import GeneratedImage, Prompt
@@ -22,9 +25,11 @@ from .test_generate_views import HTMX, valid_data
 
 @pytest.fixture
 def redis_away(settings):
-    """The cache as production configures it, on a Redis that does not answer."""
+    """The cache and channel layer as production configures them, on a Redis that does not
+    answer."""
     url = f"redis://127.0.0.1:{free_port()}/0"
     settings.CACHES = {"default": {"BACKEND": "generator.cache.ResilientRedisCache", "LOCATION": url}}
+    settings.CHANNEL_LAYERS = redis_channel_layers(url)
     return url
 
 
@@ -58,6 +63,18 @@ def test_pages_and_posts_work_while_redis_restarts(user, client, redis_away):
     )
     assert answer.status_code == 202, answer.content
     assert Prompt.objects.filter(owner=user).count() == 2
+
+
+@pytest.mark.django_db
+def test_a_queued_job_is_cancelled_while_redis_restarts(user, client, redis_away):
+    client.force_login(user)
+    job = PromptFactory(owner=user)
+
+    answer = client.post(f"/jobs/{job.pk}/cancel/", **HTMX)
+
+    assert answer.status_code == 200
+    job.refresh_from_db()
+    assert job.status == Prompt.Status.CANCELLED
 
 
 @pytest.mark.django_db
