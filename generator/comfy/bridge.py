@@ -35,6 +35,7 @@ from channels.layers import get_channel_layer
 from django.db import DatabaseError, connections
 from django.template.loader import render_to_string
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from generator import backends, jobs
 from generator.live import (
@@ -869,6 +870,8 @@ class Bridge:
                 relay = self._outbox.popleft()
                 try:
                     await self.layer.group_send(user_group(relay.owner_id), relay.message())
+                except (RedisError, OSError) as error:  # Redis restarting: tabs catch up on reconnect
+                    logger.warning("Bridge %s: relay to user %s lost: %s", self.url, relay.owner_id, error)
                 except Exception:
                     logger.exception("Bridge %s: relay to user %s failed", self.url, relay.owner_id)
         return True

@@ -15,6 +15,7 @@ from PIL import Image
 
 from generator.comfy.bridge import Bridge, BridgeSettings
 from generator.comfy.emulator import Emulator
+from generator.live import Relay
 from generator.models import Backend, Prompt
 from generator.tests.factories import UserFactory
 
@@ -298,3 +299,20 @@ async def test_the_bridge_keeps_listening_for_wakes_after_redis_restarts():
         assert layer.channels == 2  # it subscribed again once the layer was back
     finally:
         listener.cancel()
+
+
+async def test_fragments_lost_while_redis_restarts_are_a_warning_not_an_error(caplog):
+    class AwayLayer:
+        async def group_send(self, group: str, message: dict) -> None:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    bridge = Bridge("http://127.0.0.1:9")
+    bridge.layer = AwayLayer()
+    bridge._relay(Relay(1, "step 1"))
+    bridge._relay(Relay(1, "step 2"))
+
+    await bridge._send_relayed()
+
+    assert not bridge._outbox
+    assert [r.levelname for r in caplog.records if r.name == "generator.comfy.bridge"] == ["WARNING"] * 2
+    assert all(r.exc_info is None for r in caplog.records)  # no traceback for a known outage
