@@ -68,7 +68,7 @@ FAULTS = {
     "node-error": "an emulator's sampler fails at a step, for 1 to 3 s: those jobs fail",
     "bridge-kill": "a bridge process SIGKILLed, started again after 0.5 to 3 s",
     "web-restart": "the web process killed (SIGKILL or SIGTERM) and started again on its port",
-    "redis-restart": "the Redis server SIGKILLed (nothing saved), started again on its port",
+    "redis-restart": "the Redis server SIGKILLed (nothing saved), started again after 0.5 to 2 s",
 }
 BACKEND_FAULTS = frozenset(FAULTS) - {"bridge-kill", "web-restart", "redis-restart"}
 # Faults that may make ComfyUI run a job again: its run died with the process, or the site could
@@ -148,7 +148,7 @@ def _amount(kind: str, rng: random.Random, options: SoakOptions) -> float:
         "node-error": (1.0, 3.0),
         "bridge-kill": (0.5, 3.0),
         "web-restart": (0.0, 1.0),
-        "redis-restart": (0.2, 1.0),
+        "redis-restart": (0.5, 2.0),
     }
     low, high = ranges.get(kind, (0.0, 0.0))
     return round(rng.uniform(low, high), 2)
@@ -410,15 +410,18 @@ class Injected:
     began: float  # monotonic
     ended: float = 0.0
     note: str = ""
+    pages: int = 0  # pages a user loaded while it lasted
+    pages_5xx: int = 0
 
 
 class Injector:
     """Carries out the schedule; each fault is a task of its own (faults overlap), but faults of
     one process wait for each other (a backend is not killed while it is being restarted)."""
 
-    def __init__(self, topology: Topology, options: SoakOptions) -> None:
+    def __init__(self, topology: Topology, options: SoakOptions, viewer: SoakUser | None = None) -> None:
         self.topology = topology
         self.options = options
+        self.viewer = viewer  # loads their page all through each fault
         self.injected: list[Injected] = []
         self._locks: dict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -441,11 +444,24 @@ class Injector:
                     await until(self._backend(fault).busy, BUSY_WAIT_SECONDS, "idle")
             record = Injected(fault, time.monotonic())
             self.injected.append(record)
+            viewing = asyncio.create_task(self._view_pages(record))
             try:
                 await getattr(self, "_" + fault.kind.replace("-", "_"))(fault, http, record)
             except Exception as error:  # a fault that could not be carried out is reported, not fatal
                 record.note = f"not carried out: {error!r}"[:200]
             record.ended = time.monotonic()
+            await viewing
+
+    async def _view_pages(self, record: Injected) -> None:
+        """A user loads their page over and over while the fault lasts: never a 5xx."""
+        import aiohttp
+
+        while self.viewer is not None and not record.ended:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):  # the web process is down
+                async with self.viewer.http.get("/") as answer:
+                    record.pages += 1
+                    record.pages_5xx += answer.status >= 500
+            await asyncio.sleep(0.25)
 
     def _backend(self, fault: Fault) -> Backend:
         return self.topology.backends[fault.target]
@@ -808,6 +824,8 @@ COLUMNS = (
     "stuck",
     "reruns",
     "5xx",
+    "pages",
+    "pages 5xx",
 )
 
 
@@ -831,6 +849,9 @@ class SoakReport:
             kinds_of_job = {i.fault.kind for i in self.injected if touched(fate, i, now)} or {"no fault"}
             for row in [*kinds_of_job, "all jobs"]:
                 self.rows[row].update(_tally(fate))
+        for injected in self.injected:
+            for row in (injected.fault.kind, "all jobs"):
+                self.rows[row].update({"pages": injected.pages, "pages 5xx": injected.pages_5xx})
 
     @property
     def total(self) -> Counter:
@@ -848,7 +869,8 @@ class SoakReport:
                 ("stuck", "jobs stuck not final"),
                 ("failed, no reason", "jobs failed without a readable reason"),
                 ("reruns", "runs ComfyUI made again with no crash forcing it"),
-                ("5xx", "answers 5xx to users"),
+                ("5xx", "answers 5xx to users posting"),
+                ("pages 5xx", "pages answered 5xx"),
             )
             if total[column]
         ]
@@ -859,10 +881,10 @@ class SoakReport:
     def table(self) -> str:
         width = max(len(row) for row in self.rows) + 2
         injections = Counter(i.fault.kind for i in self.injected)
-        lines = [f"{'fault (injections)':{width + 5}}" + "".join(f"{c:>19}" for c in COLUMNS)]
+        lines = [f"{'fault (injections)':{width + 5}}" + "".join(f"{c:>{len(c) + 2}}" for c in COLUMNS)]
         for row, counts in self.rows.items():
             label = f"{row} ({injections[row]})" if row in injections else row
-            lines.append(f"{label:{width + 5}}" + "".join(f"{counts[c]:>19}" for c in COLUMNS))
+            lines.append(f"{label:{width + 5}}" + "".join(f"{counts[c]:>{len(c) + 2}}" for c in COLUMNS))
         return "\n".join(lines)
 
     def failures(self) -> Counter:
@@ -877,7 +899,8 @@ class SoakReport:
         out(self.table())
         out("columns: jobs touched by the fault; succeeded with their image; failed with a reason a "
             "user can read; failed without one; lost; an image imported twice; stuck not final; runs "
-            "ComfyUI made again with no crash forcing it; answers 5xx users saw while posting")  # fmt: skip
+            "ComfyUI made again with no crash forcing it; answers 5xx users saw while posting; pages a "
+            "user loaded while the fault lasted, and how many were 5xx")  # fmt: skip
         reasons = self.failures()
         if reasons:
             out("failure reasons users read:")
@@ -928,7 +951,7 @@ async def run_soak(
         users = await sync_to_async(make_users)(options.users, options.seed, topology.web_url)
         for user in users:
             await user.open()
-        injector = Injector(topology, options)
+        injector = Injector(topology, options, viewer=users[0])
         started = time.monotonic()
         posting = asyncio.create_task(post_jobs(users, options, started))
         await injector.run(schedule, started)
