@@ -144,6 +144,26 @@ async def test_a_socket_forgotten_while_idle_is_caught_by_the_next_job_it_does_n
     await tab.disconnect()
 
 
+async def test_a_job_that_ends_while_the_socket_is_deaf_is_settled_in_seconds(slow_emulator):
+    """Found by the fault soak: ComfyUI forgot our socket just as a short job started, and the
+    job ended without a word to us. Nothing ran any more, so nothing looked deaf, and the job
+    stayed "running" until the two-minute silence check."""
+    job = await new_job(steps=3)  # 0.6 s at 0.2 s a step
+
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+        slow_emulator.faults.forget_sockets()
+        forgotten_at = time.monotonic()
+        done = await wait_for_status(job.pk, S.SUCCEEDED, S.FAILED, within=20)
+        settled_after = time.monotonic() - forgotten_at
+
+    assert done.status == S.SUCCEEDED
+    assert settled_after < 10  # quiet_seconds (5 s) and a probe, not the 120 s silence check
+    assert (done.submit_attempts, len(await images_of(done.pk))) == (1, 1)
+    assert runs_of(slow_emulator, job.pk) == 1
+
+
 async def test_a_long_quiet_node_is_not_mistaken_for_a_deaf_socket_again_and_again():
     """A node that runs long without a message (a model loading) looks like a deaf socket; each
     reconnect that hears nothing new of our job doubles the wait, so 8 quiet seconds cost a few
