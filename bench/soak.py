@@ -722,6 +722,17 @@ class JobFate:
     runs: int = 0
     unforced_reruns: int = 0
 
+    def describe(self) -> str:
+        posted = self.posted
+        if posted.pk is None:
+            refused = posted.refusals[-1] if posted.refusals else "no answer"
+            return f"{posted.text} ({posted.via}): never accepted; {len(posted.refusals)} refusals, {refused}"
+        return (
+            f"job {posted.pk} ({posted.via}): {self.status or 'no such job'} {self.error[:80]!r}, "
+            f"{self.images} images ({self.images_on_disk} on disk), "
+            f"sent to backends {sorted(self.backends)}, {self.runs} runs"
+        )
+
     @property
     def outcome(self) -> str:
         if self.posted.pk is None or not self.status:
@@ -906,6 +917,11 @@ class SoakReport:
             out("failure reasons users read:")
             for reason, count in reasons.most_common():
                 out(f"  {count:4} × {reason}")
+        lost = [fate for fate in self.fates if fate.outcome in ("lost", "stuck")]
+        if lost:
+            out("lost or stuck:")
+            for fate in lost[:20]:
+                out(f"  {fate.describe()}")
         notes = [f"  {i.fault.describe()}: {i.note}" for i in self.injected if i.note]
         if notes:
             out("fault notes:")
