@@ -265,6 +265,8 @@ class Topology:
     """Redis, web process, bridges and backends, with the environment they share."""
 
     def __init__(self, work: Path, database_url: str, media_root: Path, options: SoakOptions) -> None:
+        from django.conf import settings
+
         self.work = work
         self.options = options
         self.redis_port = free_port()
@@ -274,6 +276,7 @@ class Topology:
             **{k: v for k, v in os.environ.items() if k not in ("COMFYUI_URL", "COMFYUI_URLS")},
             "DJANGO_SETTINGS_MODULE": "comfysite.settings",
             "DATABASE_URL": database_url,
+            "SECRET_KEY": settings.SECRET_KEY,  # the sessions this process makes for the users
             "REDIS_URL": self.redis_url,
             "COMFYSITE_VAR_DIR": str(work / "var"),
             "MEDIA_ROOT": str(media_root),
