@@ -915,6 +915,12 @@ class SoakReport:
             "user can read; failed without one; lost; an image imported twice; stuck not final; runs "
             "ComfyUI made again with no crash forcing it; answers 5xx users saw while posting; pages a "
             "user loaded while the fault lasted, and how many were 5xx")  # fmt: skip
+        runs = sum(fate.runs for fate in self.fates)
+        again = sum(max(0, fate.runs - 1) for fate in self.fates)
+        unforced = self.total["reruns"]
+        forced = again - unforced
+        out(f"ComfyUI began {runs} runs for {len(self.fates)} jobs: {again} of them again, "
+            f"{forced} forced by a kill, restart or outage of the backend, {unforced} not")  # fmt: skip
         reasons = self.failures()
         if reasons:
             out("failure reasons users read:")
