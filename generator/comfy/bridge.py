@@ -779,10 +779,11 @@ class Bridge:
                     f"nothing heard for {quiet_for:.0f} s while our job runs in ComfyUI"
                 )
                 return
-            if any(a.job.comfy_prompt_id not in queue for a in listening):
-                # Gone from ComfyUI's queue without a word to us: it ended while our socket was
-                # deaf. Connecting again settles it from /history at once; waiting for the
-                # silence check left it "running" for two minutes (found by the fault soak).
+            if any(a.job.comfy_prompt_id not in queue and not a.verdict_seen for a in listening):
+                # Gone from ComfyUI's queue without a word to us (a verdict heard means it is
+                # being imported): it ended while our socket was deaf. Connecting again settles
+                # it from /history at once; waiting for the silence check left it "running" for
+                # two minutes (found by the fault soak).
                 self._quiet_reconnects += 1
                 await self.connection.reconnect(
                     f"nothing heard for {quiet_for:.0f} s while our job left ComfyUI's queue"
