@@ -76,7 +76,7 @@ BACKEND_FAULTS = frozenset(FAULTS) - {"bridge-kill", "web-restart", "redis-resta
 CRASHES = frozenset({"backend-kill", "backend-dead", "history-lost", "outage"})
 SETTLE_SECONDS = 3.0  # a fault's effects outlast it by this much (reconnects, reconciling)
 BUSY_WAIT_SECONDS = 5.0  # a backend fault waits this long at most for its backend to run a job
-VIEW_TIMEOUT_SECONDS = 10.0  # BridgeSettings.request_seconds
+REQUEST_TIMEOUT_SECONDS = 10.0  # BridgeSettings.request_seconds: the bridge gives up on ComfyUI
 PASSWORD = "soak-password-1"
 
 
@@ -158,6 +158,7 @@ def _amount(kind: str, rng: random.Random, options: SoakOptions) -> float:
 
 
 def free_port() -> int:
+    # bench.common reads Prompt rows, so it is imported once Django is set up (not for --help).
     from bench.common import free_port as port
 
     return port()
@@ -524,8 +525,8 @@ class Injector:
         await self._switch_for(fault, http, fault.amount, http_500=["/prompt"])
 
     async def _prompt_lost(self, fault: Fault, http: Any, record: Injected) -> None:
-        await self._switch_for(fault, http, fault.amount, prompt_answer_delay=VIEW_TIMEOUT_SECONDS + 1)
-        await asyncio.sleep(VIEW_TIMEOUT_SECONDS + 1)
+        await self._switch_for(fault, http, fault.amount, prompt_answer_delay=REQUEST_TIMEOUT_SECONDS + 1)
+        await asyncio.sleep(REQUEST_TIMEOUT_SECONDS + 1)
 
     async def _node_error(self, fault: Fault, http: Any, record: Injected) -> None:
         step = 1 + fault.variant % self.options.steps
@@ -593,9 +594,8 @@ class SoakUser:
             base_url=self.site,
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             timeout=aiohttp.ClientTimeout(total=30),
-            connector=aiohttp.TCPConnector(
-                force_close=True
-            ),  # a restarted web process leaves no dead connection
+            # A fresh connection each time: a restarted web process leaves no dead one behind.
+            connector=aiohttp.TCPConnector(force_close=True),
         )
         if self.via == "form":
             self.http.cookie_jar.update_cookies({"sessionid": self.session})
@@ -626,9 +626,12 @@ class SoakUser:
             if pk is not None:
                 posted.pk, posted.accepted_at = pk, time.monotonic()
                 return
+            posted.refusals.append(f"{status}: {text[:200]}")
             if status >= 500:
                 posted.answers_5xx += 1
-            posted.refusals.append(f"{status}: {text[:200]}")
+                if self.via == "form" and (pk := await self._find_in_history(posted.text)):
+                    posted.pk, posted.accepted_at = pk, time.monotonic()  # made after all
+                    return
             await asyncio.sleep(0.5)
 
     async def _post_once(
