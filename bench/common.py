@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +53,43 @@ def cpu_seconds(pid: int) -> float:
 
 
 class EmulatorProcess:
-    """bench/timed_emulator.py in a subprocess: ComfyUI's place, off the site's event loop."""
+    """bench/timed_emulator.py in a subprocess: ComfyUI's place, off the site's event loop.
+    `options`: more of its command line (--root, --fault-control, --runs-log...); `log`: a file
+    its stderr is appended to."""
 
-    def __init__(self, step_seconds: float, port: int | None = None) -> None:
+    def __init__(
+        self,
+        step_seconds: float,
+        port: int | None = None,
+        *,
+        options: Sequence[str] = (),
+        log: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.out = Path(tempfile.mkdtemp()) / "timeline.json"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "timed_emulator.py"),
-                str(self.port),
-                str(step_seconds),
-                str(self.out),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        with contextlib.ExitStack() as files:
+            stderr = files.enter_context(log.open("a")) if log else None
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "timed_emulator.py"),
+                    str(self.port),
+                    str(step_seconds),
+                    str(self.out),
+                    *options,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == "ready"
+
+    def kill(self) -> None:
+        """SIGKILL: gone with its queue and history, as a crashed ComfyUI."""
+        self.process.kill()
+        self.process.wait()
 
     def stop(self) -> dict:
         """Stop it; what it noted: `progress` [(prompt id, step, sent at)], `runs` [(start, end)]."""

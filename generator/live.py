@@ -8,6 +8,7 @@ mid-job is shown where the job is, not where the database last saw it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
@@ -16,9 +17,12 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 from django.template.loader import render_to_string
+from redis.exceptions import RedisError
 
 from .models import GeneratedImage, Prompt
 from .scheduling import site_queue
+
+logger = logging.getLogger(__name__)
 
 LIVE_TTL_SECONDS = 3600
 BRIDGE_GROUP = "comfy-bridge"
@@ -45,7 +49,21 @@ class Relay(NamedTuple):
 
 def send_relay(relay: Relay) -> None:
     """Send from synchronous code (a view); the bridge sends its own from the event loop."""
-    async_to_sync(get_channel_layer().group_send)(user_group(relay.owner_id), relay.message())
+    send_to_group(user_group(relay.owner_id), relay.message())
+
+
+def send_to_group(group: str, message: dict[str, Any]) -> bool:
+    """group_send from synchronous code (a view); False when the channel layer is unreachable
+    (Redis restarting). What a view sends is a nudge or a refresh: the bridge polls for new
+    jobs, a tab is sent its jobs' state when it connects again. The request it answers must not
+    fail for it: the job it made or changed is already saved (found by the fault soak: a
+    posted job answered 500 while Redis restarted, and a person would post it again)."""
+    try:
+        async_to_sync(get_channel_layer().group_send)(group, message)
+    except (RedisError, OSError) as error:
+        logger.warning("Channel layer unavailable; %s not sent to %s: %s", message.get("type"), group, error)
+        return False
+    return True
 
 
 def status_event(prompt: Prompt, position: int | None = None) -> dict[str, Any]:

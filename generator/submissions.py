@@ -9,15 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .backends import NodeCatalog
 from .forms import GenerateForm
-from .live import BRIDGE_GROUP, Relay, render_cards, send_relay, status_event
+from .live import BRIDGE_GROUP, Relay, render_cards, send_relay, send_to_group, status_event
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import refusal_for_new_job
 from .workflows import Workflow
@@ -102,7 +100,7 @@ def _create_prompt(user: Any, workflow: Workflow, form: GenerateForm, api: ApiOr
 
 def wake_bridge() -> None:
     """Tell the bridge a job is waiting, so it need not poll (it also polls, as a safety net)."""
-    async_to_sync(get_channel_layer().group_send)(BRIDGE_GROUP, {"type": "wake"})
+    send_to_group(BRIDGE_GROUP, {"type": "wake"})
 
 
 def cancel_job(prompt: Prompt) -> Prompt:
@@ -122,5 +120,5 @@ def cancel_job(prompt: Prompt) -> Prompt:
             cancel_requested_at=timezone.now()
         )
         cancel_message = {"type": "cancel.job", "prompt": prompt.pk}
-        async_to_sync(get_channel_layer().group_send)(BRIDGE_GROUP, cancel_message)
+        send_to_group(BRIDGE_GROUP, cancel_message)
     return Prompt.objects.prefetch_related("images").get(pk=prompt.pk)

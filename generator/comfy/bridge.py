@@ -35,6 +35,7 @@ from channels.layers import get_channel_layer
 from django.db import DatabaseError, connections
 from django.template.loader import render_to_string
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from generator import backends, jobs
 from generator.live import (
@@ -168,6 +169,7 @@ class BridgeSettings:
     probe_seconds: float = 1.0  # how often the socket and the jobs we hear nothing of are checked
     # A job whose POST went unanswered and that ComfyUI does not show is sent again after this.
     unconfirmed_seconds: float = 30.0
+    layer_retry_seconds: float = 1.0  # the channel layer failed (Redis restarting): listen again after
 
 
 class Bridge:
@@ -777,6 +779,16 @@ class Bridge:
                     f"nothing heard for {quiet_for:.0f} s while our job runs in ComfyUI"
                 )
                 return
+            if any(a.job.comfy_prompt_id not in queue and not a.verdict_seen for a in listening):
+                # Gone from ComfyUI's queue without a word to us (a verdict heard means it is
+                # being imported): it ended while our socket was deaf. Connecting again settles
+                # it from /history at once; waiting for the silence check left it "running" for
+                # two minutes (found by the fault soak).
+                self._quiet_reconnects += 1
+                await self.connection.reconnect(
+                    f"nothing heard for {quiet_for:.0f} s while our job left ComfyUI's queue"
+                )
+                return
         if unheard and not self._polling:
             self._polling = True
             self._later(functools.partial(self._poll, unheard))
@@ -790,6 +802,20 @@ class Bridge:
     # -- control messages from the web processes -------------------------------------------
 
     async def _listen_control(self) -> None:
+        """Wakes and cancels from the web processes. The channel layer going away (Redis
+        restarted) is waited out here: it once ended this task, and with it the whole bridge,
+        its socket and every job's live state. A wake missed meanwhile costs one poll."""
+        while True:
+            try:
+                await self._receive_control()
+            except Exception as error:
+                logger.warning(
+                    "Bridge %s: channel layer unavailable (%s); listening again shortly", self.url, error
+                )
+                await asyncio.sleep(self.settings.layer_retry_seconds)
+                self.wake.set()
+
+    async def _receive_control(self) -> None:
         channel = await self.layer.new_channel()
         await self.layer.group_add(BRIDGE_GROUP, channel)
         try:
@@ -800,7 +826,8 @@ class Bridge:
                 elif message.get("type") == "cancel.job":
                     self._later(functools.partial(self.cancel, int(message["prompt"])))
         finally:
-            await self.layer.group_discard(BRIDGE_GROUP, channel)
+            with contextlib.suppress(Exception):  # the layer may be the thing that failed
+                await self.layer.group_discard(BRIDGE_GROUP, channel)
 
     async def cancel(self, pk: int) -> None:
         """Waiting in ComfyUI: delete it from the queue. Running: interrupt it, by its id only."""
@@ -853,6 +880,8 @@ class Bridge:
                 relay = self._outbox.popleft()
                 try:
                     await self.layer.group_send(user_group(relay.owner_id), relay.message())
+                except (RedisError, OSError) as error:  # Redis restarting: tabs catch up on reconnect
+                    logger.warning("Bridge %s: relay to user %s lost: %s", self.url, relay.owner_id, error)
                 except Exception:
                     logger.exception("Bridge %s: relay to user %s failed", self.url, relay.owner_id)
         return True

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .control import CONTROL_PATH, add_control_routes
 from .hub import MAX_UPLOAD_SIZE, SERVER_FEATURES
 from .prompt_queue import SENSITIVE_EXTRA_DATA_KEYS, QueueItem
 from .validation import Validator
@@ -80,13 +81,15 @@ def build_app(emu: Emulator) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, f"/api{path}", handler)
+    if emu.fault_control:
+        add_control_routes(app, emu)
     return app
 
 
 def _middleware(emu: Emulator) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if emu.faults.answers_500(request.path):
+        if emu.faults.answers_500(request.path) and request.path != CONTROL_PATH:
             return web.Response(status=500, text=SERVER_ERROR)
         try:
             return await handler(request)

@@ -41,6 +41,7 @@ class Emulator:
     `step_seconds`: time per sampler step (0 = as fast as possible, still yielding to the loop).
     `preview`: send preview frames, as ComfyUI started with --preview-method auto.
     `root`: where input/, output/ and temp/ live (default: a temporary directory, removed on stop).
+    `fault_control`: serve POST /_faults, so a test in another process can break it (control.py).
     """
 
     def __init__(
@@ -50,8 +51,10 @@ class Emulator:
         step_seconds: float = 0.0,
         preview: bool = True,
         root: str | Path | None = None,
+        fault_control: bool = False,
     ) -> None:
         self.host = host
+        self.fault_control = fault_control
         self.port = port
         self.settings = Settings(step_seconds=step_seconds, preview=preview)
         self.faults = Faults()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from generator.comfy.bridge import Bridge, BridgeSettings
 from generator.comfy.emulator import Emulator
+from generator.live import Relay
 from generator.models import Backend, Prompt
 from generator.tests.factories import UserFactory
 
@@ -143,6 +144,26 @@ async def test_a_socket_forgotten_while_idle_is_caught_by_the_next_job_it_does_n
     await tab.disconnect()
 
 
+async def test_a_job_that_ends_while_the_socket_is_deaf_is_settled_in_seconds(slow_emulator):
+    """Found by the fault soak: ComfyUI forgot our socket just as a short job started, and the
+    job ended without a word to us. Nothing ran any more, so nothing looked deaf, and the job
+    stayed "running" until the two-minute silence check."""
+    job = await new_job(steps=3)  # 0.6 s at 0.2 s a step
+
+    async with running_bridge(slow_emulator.url) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+        slow_emulator.faults.forget_sockets()
+        forgotten_at = time.monotonic()
+        done = await wait_for_status(job.pk, S.SUCCEEDED, S.FAILED, within=20)
+        settled_after = time.monotonic() - forgotten_at
+
+    assert done.status == S.SUCCEEDED
+    assert settled_after < 10  # quiet_seconds (5 s) and a probe, not the 120 s silence check
+    assert (done.submit_attempts, len(await images_of(done.pk))) == (1, 1)
+    assert runs_of(slow_emulator, job.pk) == 1
+
+
 async def test_a_long_quiet_node_is_not_mistaken_for_a_deaf_socket_again_and_again():
     """A node that runs long without a message (a model loading) looks like a deaf socket; each
     reconnect that hears nothing new of our job doubles the wait, so 8 quiet seconds cost a few
@@ -251,3 +272,67 @@ def test_bridges_of_two_installations_have_their_own_client_ids_and_upload_names
     assert one.upload_name(_job(job)) != other.upload_name(_job(job))
     assert one.extra_data(_job(job)) == {"comfysite": {"installation": "a" * 32, "job": 7}}
     assert BridgeSettings().silence_seconds > BridgeSettings().quiet_seconds
+
+
+# -- the channel layer ---------------------------------------------------------------------------
+
+
+class RestartingLayer:
+    """A channel layer (Redis) that goes away once while the bridge listens, then comes back."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[dict] = asyncio.Queue()
+        self.failures = 1
+        self.channels = 0
+
+    async def new_channel(self) -> str:
+        self.channels += 1
+        return f"bridge-{self.channels}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        pass
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        raise ConnectionError("Connection refused")  # still down while the listener cleans up
+
+    async def receive(self, channel: str) -> dict:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return await self.messages.get()
+
+
+async def test_the_bridge_keeps_listening_for_wakes_after_redis_restarts():
+    """Found by the soak: Redis restarting ended the bridge's control listener, and with it the
+    whole bridge (its socket, its jobs' live state); the process started it again from scratch."""
+    bridge = Bridge("http://127.0.0.1:9")
+    bridge.layer = layer = RestartingLayer()
+    listener = asyncio.create_task(bridge._listen_control())
+    try:
+        await asyncio.sleep(0.1)
+        bridge.wake.clear()
+        await layer.messages.put({"type": "wake"})
+        await asyncio.wait_for(bridge.wake.wait(), 3)
+        await asyncio.sleep(0.1)
+        assert layer.messages.empty()  # the wake sent after the outage was received
+        assert not listener.done()
+        assert layer.channels == 2  # it subscribed again once the layer was back
+    finally:
+        listener.cancel()
+
+
+async def test_fragments_lost_while_redis_restarts_are_a_warning_not_an_error(caplog):
+    class AwayLayer:
+        async def group_send(self, group: str, message: dict) -> None:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    bridge = Bridge("http://127.0.0.1:9")
+    bridge.layer = AwayLayer()
+    bridge._relay(Relay(1, "step 1"))
+    bridge._relay(Relay(1, "step 2"))
+
+    await bridge._send_relayed()
+
+    assert not bridge._outbox
+    assert [r.levelname for r in caplog.records if r.name == "generator.comfy.bridge"] == ["WARNING"] * 2
+    assert all(r.exc_info is None for r in caplog.records)  # no traceback for a known outage

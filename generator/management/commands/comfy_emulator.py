@@ -20,6 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("--step-seconds", type=float, default=0.1, help="Time per sampling step.")
         parser.add_argument("--no-preview", action="store_true", help="Send no preview frames.")
         parser.add_argument("--root", help="Folder for input/, output/ and temp/ (default: a temporary one).")
+        parser.add_argument(
+            "--fault-control",
+            action="store_true",
+            help="Serve POST /_faults to loopback clients, so tests can break it (see emulator/control.py).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         emulator = Emulator(
@@ -28,6 +33,7 @@ class Command(BaseCommand):
             step_seconds=options["step_seconds"],
             preview=not options["no_preview"],
             root=options["root"],
+            fault_control=options["fault_control"],
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(emulator, announce=self.stdout.write))
