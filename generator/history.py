@@ -81,12 +81,21 @@ def date_bounds(data: dict[str, Any]) -> Q:
     return condition
 
 
-def _position(created_at: datetime.datetime, pk: int) -> tuple[Tuple, tuple[datetime.datetime, int]]:
-    """`(created_at, id)` and a value of it, for the row-value lookups keyset pages use: on
-    PostgreSQL `(created_at, id) < (…)` is an index condition of (owner, created_at, id), where
-    `created_at < … OR (created_at = … AND id < …)` was a filter on every newer row (80,000
-    read and dropped at depth 80k). On SQLite Django writes the OR, whose range SQLite finds."""
-    return Tuple(F("created_at"), F("pk")), (created_at, pk)
+def before(created_at: datetime.datetime, pk: int) -> Q:
+    """Rows older than (created_at, pk), newest first: `(created_at, id) < (…)`. On PostgreSQL
+    the row value is an index condition of (owner, created_at, id), where `created_at < … OR
+    (created_at = … AND id < …)` was a filter on every newer row (80,000 read and dropped at
+    depth 80k). On SQLite Django writes the OR, whose range SQLite finds.
+
+    `created_at <= …` is implied; it is there for PostgreSQL's estimates, which take a row value
+    for a third of the table and a range of two for a ninth, not the stretch it is."""
+    return Q(TupleLessThan(Tuple(F("created_at"), F("pk")), (created_at, pk)), created_at__lte=created_at)
+
+
+def _at_or_after(created_at: datetime.datetime, pk: int) -> Q:
+    return Q(
+        TupleGreaterThanOrEqual(Tuple(F("created_at"), F("pk")), (created_at, pk)), created_at__gte=created_at
+    )
 
 
 def after_cursor(cursor: str | None) -> Q:
@@ -106,7 +115,7 @@ def after_cursor(cursor: str | None) -> Q:
         moment = moment.astimezone(datetime.UTC)
     except OverflowError:
         raise ValueError(f"Not a page cursor: {cursor!r}") from None
-    return Q(TupleLessThan(*_position(moment, last_id)))
+    return before(moment, last_id)
 
 
 def _tolerant_cursor(cursor: str | None) -> Q:
@@ -127,29 +136,27 @@ class HistoryPage:
     next_cursor: str | None
 
 
-# Rows of the user's own a page reads at most when a filter has no index to find its matches
-# (prompt text, workflow): the page shows the matches among them, perhaps none, and its cursor
-# continues after them; htmx loads the next stretch as the last one scrolls into view. Reading
-# all of a user's 100,000 images for a rare term took 40–70 ms (and a pg_trgm index was not
-# chosen by PostgreSQL's planner); 5,000 rows take 3–8 ms on SQLite and PostgreSQL alike.
-SCAN_WINDOW = 5000
-
-
 def keyset_page(rows: QuerySet[Any], cursor: Q, size: int, scanned: Q | None = None) -> HistoryPage:
     """Up to `size` of `rows` older than `cursor`, newest first, with the cursor of the next page.
 
     `rows` must be narrowed to what an index serves (owner, status, favourites, dates), so the
-    cursor is a range of that index. `scanned` are filters no index serves: they are applied to
-    the next SCAN_WINDOW rows only, so no page reads more than that however rare the matches.
+    cursor is a range of that index. `scanned` are filters no index serves (prompt text,
+    workflow): they are applied to the next settings.HISTORY_SCAN_ROWS rows only, and the next
+    page goes on after those, so a page may hold fewer than `size` rows, even none; htmx loads
+    the next as the last scrolls into view. Reading all of a user's 100,000 images for a rare
+    term took 40–70 ms (PostgreSQL's planner did not choose a pg_trgm index for it); 5,000
+    rows take a few ms on SQLite and PostgreSQL alike.
     """
     ordered = rows.filter(cursor).order_by("-created_at", "-pk")
     if not scanned:
         return _paged(list(ordered[: size + 1]), size)
-    window_end = list(ordered.values_list("created_at", "pk")[SCAN_WINDOW - 1 : SCAN_WINDOW])
+    window = settings.HISTORY_SCAN_ROWS
+    # The window's last row, and whether any row follows it.
+    window_end = list(ordered.values_list("created_at", "pk")[window - 1 : window + 1])
     if window_end:
-        ordered = ordered.filter(TupleGreaterThanOrEqual(*_position(*window_end[0])))
+        ordered = ordered.filter(_at_or_after(*window_end[0]))
     found = list(ordered.filter(scanned)[: size + 1])
-    if len(found) > size or not window_end:
+    if len(found) > size or len(window_end) < 2:
         return _paged(found, size)
     return HistoryPage(found, cursor_of(*window_end[0]))
 
@@ -202,6 +209,7 @@ def history(request: AuthenticatedRequest) -> HttpResponse:
         "page": page,
         "query": query.urlencode(),
         "show_unreviewed": settings.SHOW_IMAGES_BEFORE_REVIEW,
+        "continued": bool(cursor),
     }
     if request.htmx and cursor:
         return render(request, "generator/partials/history_items.html", context)

@@ -29,58 +29,87 @@ TRIGGER_NAMES = (
     "generator_image_totals_update",
 )
 
-# What one image row adds to its owner's totals; subtracting is the same with OLD and minus.
+# SQLite has row triggers only: each image row adds to (or takes from) its owner's totals.
 _CHANGED = (
-    "OLD.owner_id IS DISTINCT FROM NEW.owner_id OR OLD.bytes IS DISTINCT FROM NEW.bytes"
-    " OR OLD.is_favourite IS DISTINCT FROM NEW.is_favourite"
+    "OLD.owner_id IS NOT NEW.owner_id OR OLD.bytes IS NOT NEW.bytes"
+    " OR OLD.is_favourite IS NOT NEW.is_favourite"
 )
 
 
-def _add(row: str, favourite: str) -> str:
+def _add(row: str) -> str:
     return (
         f"INSERT INTO {TOTALS} (owner_id, images, bytes, favourites)"
-        f" VALUES ({row}.owner_id, 1, {row}.bytes, {favourite})"
+        f" VALUES ({row}.owner_id, 1, {row}.bytes, {row}.is_favourite)"
         f" ON CONFLICT (owner_id) DO UPDATE SET images = {TOTALS}.images + 1,"
         f" bytes = {TOTALS}.bytes + excluded.bytes, favourites = {TOTALS}.favourites + excluded.favourites;"
     )
 
 
-def _subtract(row: str, favourite: str) -> str:
+def _subtract(row: str) -> str:
     return (
         f"UPDATE {TOTALS} SET images = images - 1, bytes = bytes - {row}.bytes,"
-        f" favourites = favourites - {favourite} WHERE owner_id = {row}.owner_id;"
+        f" favourites = favourites - {row}.is_favourite WHERE owner_id = {row}.owner_id;"
     )
 
 
 def _sqlite_triggers() -> list[str]:
     insert, delete, update = TRIGGER_NAMES
-    add, subtract = _add("NEW", "NEW.is_favourite"), _subtract("OLD", "OLD.is_favourite")
-    changed = _CHANGED.replace("IS DISTINCT FROM", "IS NOT")
+    add, subtract = _add("NEW"), _subtract("OLD")
     return [
         f"CREATE TRIGGER IF NOT EXISTS {insert} AFTER INSERT ON {IMAGES} BEGIN {add} END",
         f"CREATE TRIGGER IF NOT EXISTS {delete} AFTER DELETE ON {IMAGES} BEGIN {subtract} END",
         f"CREATE TRIGGER IF NOT EXISTS {update} AFTER UPDATE OF owner_id, bytes, is_favourite"
-        f" ON {IMAGES} WHEN {changed} BEGIN {subtract} {add} END",
+        f" ON {IMAGES} WHEN {_CHANGED} BEGIN {subtract} {add} END",
     ]
 
 
+def _summed(rows: str, sign: str = "") -> str:
+    """Per owner: images, bytes and favourites among `rows` (a transition table), signed."""
+    return (
+        f"SELECT owner_id, {sign}count(*) AS images, {sign}coalesce(sum(bytes), 0) AS bytes,"
+        f" {sign}count(*) FILTER (WHERE is_favourite) AS favourites FROM {rows} GROUP BY owner_id"
+    )
+
+
 def _postgresql_triggers() -> list[str]:
+    """Once per statement, from its transition tables: a bulk insert, update or delete makes one
+    change per owner. Row by row, the 100,000 inserts of one transaction took 90 s (each update
+    of the totals row walked all its earlier versions in that transaction); now 2 s."""
     insert, delete, update = TRIGGER_NAMES
-    add, subtract = _add("NEW", "NEW.is_favourite::int"), _subtract("OLD", "OLD.is_favourite::int")
+    upsert = (
+        f"INSERT INTO {TOTALS} AS t (owner_id, images, bytes, favourites) SELECT * FROM ({{rows}}) AS d"
+        " WHERE d.images <> 0 OR d.bytes <> 0 OR d.favourites <> 0"
+        " ON CONFLICT (owner_id) DO UPDATE SET images = t.images + excluded.images,"
+        " bytes = t.bytes + excluded.bytes, favourites = t.favourites + excluded.favourites"
+    )
+    changes = (
+        "SELECT owner_id, sum(images) AS images, sum(bytes) AS bytes, sum(favourites) AS favourites"
+        f" FROM ({_summed('new_rows')} UNION ALL {_summed('old_rows', '-')}) AS c GROUP BY owner_id"
+    )
+    # A deletion only updates: its owner may be going in the same transaction (a cascade).
+    subtract = (
+        f"UPDATE {TOTALS} AS t SET images = t.images - d.images, bytes = t.bytes - d.bytes,"
+        f" favourites = t.favourites - d.favourites FROM ({_summed('old_rows')}) AS d"
+        " WHERE t.owner_id = d.owner_id"
+    )
     function = f"""
-        CREATE OR REPLACE FUNCTION generator_count_image() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE OR REPLACE FUNCTION generator_count_images() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF TG_OP IN ('DELETE', 'UPDATE') THEN {subtract} END IF;
-            IF TG_OP IN ('INSERT', 'UPDATE') THEN {add} END IF;
+            IF TG_OP = 'INSERT' THEN {upsert.format(rows=_summed("new_rows"))};
+            ELSIF TG_OP = 'UPDATE' THEN {upsert.format(rows=changes)};
+            ELSE {subtract};
+            END IF;
             RETURN NULL;
         END $$"""
-    each_row = "FOR EACH ROW EXECUTE FUNCTION generator_count_image()"
+    each_statement = "FOR EACH STATEMENT EXECUTE FUNCTION generator_count_images()"
     return [
         function,
-        f"CREATE OR REPLACE TRIGGER {insert} AFTER INSERT ON {IMAGES} {each_row}",
-        f"CREATE OR REPLACE TRIGGER {delete} AFTER DELETE ON {IMAGES} {each_row}",
-        f"CREATE OR REPLACE TRIGGER {update} AFTER UPDATE OF owner_id, bytes, is_favourite ON {IMAGES}"
-        f" FOR EACH ROW WHEN ({_CHANGED}) EXECUTE FUNCTION generator_count_image()",
+        f"CREATE OR REPLACE TRIGGER {insert} AFTER INSERT ON {IMAGES}"
+        f" REFERENCING NEW TABLE AS new_rows {each_statement}",
+        f"CREATE OR REPLACE TRIGGER {delete} AFTER DELETE ON {IMAGES}"
+        f" REFERENCING OLD TABLE AS old_rows {each_statement}",
+        f"CREATE OR REPLACE TRIGGER {update} AFTER UPDATE ON {IMAGES}"
+        f" REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows {each_statement}",
     ]
 
 

@@ -48,7 +48,7 @@ def drop_totals_triggers(apps, schema_editor):
         else:
             schema_editor.execute(f"DROP TRIGGER IF EXISTS {name}")
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute("DROP FUNCTION IF EXISTS generator_count_image()")
+        schema_editor.execute("DROP FUNCTION IF EXISTS generator_count_images()")
 
 
 class Migration(migrations.Migration):

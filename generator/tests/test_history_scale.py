@@ -22,18 +22,23 @@ TEXTS = ["a red fox", "a blue whale", "a Fox in snow", "an owl"]
 WORKFLOWS = ["txt2img", "img2img", "upscale"]
 
 
+def varied_prompt(owner, n, created_at):
+    """The `n`th of a series of prompts that cycle through TEXTS and WORKFLOWS."""
+    return PromptFactory(
+        owner=owner,
+        positive_text=TEXTS[n % len(TEXTS)],
+        workflow=WORKFLOWS[n % len(WORKFLOWS)],
+        created_at=created_at,
+    )
+
+
 @pytest.fixture
 def gallery(user, other_user):
     """Images of `user` made in threes at the same moment (ties for the cursor), over three days,
     with several texts and workflows, some favourites; and a stranger's matching images."""
     images = []
     for n in range(18):
-        prompt = PromptFactory(
-            owner=user,
-            positive_text=TEXTS[n % len(TEXTS)],
-            workflow=WORKFLOWS[n % len(WORKFLOWS)],
-            created_at=START + datetime.timedelta(hours=4 * n),
-        )
+        prompt = varied_prompt(user, n, START + datetime.timedelta(hours=4 * n))
         for index in range(3):
             images.append(
                 GeneratedImageFactory(
@@ -49,10 +54,10 @@ def gallery(user, other_user):
 
 
 @pytest.fixture
-def small_pages(monkeypatch):
+def small_pages(monkeypatch, settings):
     """Pages of 4 and scans of 5 rows, so a few dozen rows cross many pages and scan windows."""
     monkeypatch.setattr(history, "PAGE_SIZE", 4)
-    monkeypatch.setattr(history, "SCAN_WINDOW", 5)
+    settings.HISTORY_SCAN_ROWS = 5
 
 
 def newest_first(rows):
@@ -119,12 +124,7 @@ def test_scrolling_shows_every_matching_image_once_in_order_whatever_the_filters
 def test_failed_jobs_page_through_every_match_once(user_client, user, small_pages, filters):
     failed = []
     for n in range(14):
-        prompt = PromptFactory(
-            owner=user,
-            positive_text=TEXTS[n % len(TEXTS)],
-            workflow=WORKFLOWS[n % len(WORKFLOWS)],
-            created_at=START + datetime.timedelta(hours=n // 2),  # pairs share a moment
-        )
+        prompt = varied_prompt(user, n, START + datetime.timedelta(hours=n // 2))  # pairs share a time
         prompt.transition_to(Prompt.Status.FAILED, error="out of memory")
         failed.append(prompt)
     PromptFactory(owner=user, positive_text="a red fox")  # queued: not on the failed page
@@ -150,6 +150,22 @@ def test_a_search_reads_a_bounded_stretch_of_the_users_rows(user_client, user, s
     assert 'hx-trigger="revealed"' in first.text
     assert "Nothing here yet" not in first.text
     assert scroll(user_client, {"q": "lighthouse"}) == [match.pk]
+
+
+def test_a_search_whose_last_stretch_is_full_stops_there(user_client, user, small_pages):
+    match = GeneratedImageFactory(prompt=PromptFactory(owner=user, positive_text="the one lighthouse"))
+    for _ in range(9):
+        GeneratedImageFactory(prompt=PromptFactory(owner=user, positive_text="a field"))
+
+    first = user_client.get(reverse("history"), {"q": "lighthouse"}).context["page"]
+    last = user_client.get(
+        reverse("history"), {"q": "lighthouse", "cursor": first.next_cursor}, HTTP_HX_REQUEST="true"
+    )
+
+    # Two stretches of 5 rows: the second ends the history, so it offers no third, empty one.
+    assert [row.pk for row in last.context["page"].rows] == [match.pk]
+    assert last.context["page"].next_cursor is None
+    assert "Nothing here yet" not in last.text
 
 
 def query_plan(sql: str) -> str:
@@ -198,7 +214,7 @@ def rows_read_by_the_index(plan: str) -> int:
 
 
 @pytest.mark.postgres
-def test_postgresql_finds_a_deep_page_by_an_index_condition_on_the_row_value(client):
+def test_postgresql_finds_a_deep_page_by_an_index_condition_on_the_row_value(client, settings):
     if connection.vendor != "postgresql":
         pytest.skip("DATABASE_URL does not name PostgreSQL; CI runs this in its PostgreSQL pass.")
     from .bulk import fill_history
@@ -217,11 +233,13 @@ def test_postgresql_finds_a_deep_page_by_an_index_condition_on_the_row_value(cli
     assert rows_read_by_the_index(plan) == history.PAGE_SIZE + 1, plan
     assert "Sort" not in plan, plan
 
-    # A search reads the next SCAN_WINDOW rows at most: the row values bound an index range.
-    # "number 12" is in none of the 5,000 images after this cursor, and in 400 before them.
+    # A search reads the next HISTORY_SCAN_ROWS rows at most: the row values bound an index
+    # range. "number 12" is in none of the 500 images after this cursor, and in 400 before them.
+    # (Stretches of 500: a quarter of this small table would cost as much as all its prompts.)
+    settings.HISTORY_SCAN_ROWS = 500
     search = query_plan(page_query(client, {"q": "number 12", "cursor": cursor_at(owner, 8_000)}))
     assert "ROW(created_at, id) >= ROW(" in search, search
-    assert rows_read_by_the_index(search) <= history.SCAN_WINDOW, search
+    assert rows_read_by_the_index(search) <= settings.HISTORY_SCAN_ROWS, search
 
     # The trigram index serves what Django writes for a search: the planner's way to a rare
     # term (with 6,000 prompts reading them all costs as little, so the test forbids that).
@@ -258,7 +276,7 @@ def test_totals_match_a_recount_after_every_kind_of_change(client, user, other_u
             ]
         ),
         "favourite toggled": lambda: client.post(reverse("image-favourite", args=[made[0].pk])),
-        "favourite saved twice": lambda: GeneratedImage.objects.get(pk=made[1].pk).save(),
+        "saved unchanged": lambda: GeneratedImage.objects.get(pk=made[1].pk).save(),
         "bulk favourite": lambda: client.post(
             reverse("history-bulk"), {"action": "favourite", "images": [m.pk for m in made[:4]]}
         ),

@@ -274,11 +274,9 @@ def test_the_list_pages_through_your_jobs_newest_first(api, user, other_user):
     assert seen == sorted(mine, reverse=True)
 
 
-def test_a_search_pages_through_every_match_once_with_ties_and_bounded_scans(api, user, monkeypatch):
+def test_a_search_pages_through_every_match_once_with_ties_and_bounded_scans(api, user, settings):
     """The same pages as the history's: scans of 5 rows here, so 20 jobs take several pages."""
-    from generator import history
-
-    monkeypatch.setattr(history, "SCAN_WINDOW", 5)
+    settings.HISTORY_SCAN_ROWS = 5
     start = timezone.now() - datetime.timedelta(days=1)
     texts = ["a red fox", "a blue whale", "a Fox in snow", "an owl"]
     prompts = [
