@@ -258,6 +258,9 @@ LOGGING = {
 
 # Moderation and downloads.
 SHOW_IMAGES_BEFORE_REVIEW = env_bool("SHOW_IMAGES_BEFORE_REVIEW", True)
+# A history page (and GET /api/jobs) filtered by prompt text or workflow reads at most this many
+# of the user's rows; the next page goes on from there (see generator.history.keyset_page).
+HISTORY_SCAN_ROWS = int(os.environ.get("HISTORY_SCAN_ROWS", "5000"))
 DOWNLOAD_KEEPS_WORKFLOW = env_bool("DOWNLOAD_KEEPS_WORKFLOW", False)
 
 # Images users upload for image-to-image and upscaling.

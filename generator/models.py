@@ -172,7 +172,12 @@ class Prompt(models.Model):
     class Meta:
         ordering = ["-created_at", "-pk"]
         indexes = [
-            models.Index(fields=["owner", "-created_at"], name="prompt_owner_created"),
+            # Keyset pages (history, GET /api/jobs) read `(created_at, id) < (cursor)` newest
+            # first: with `id` in the index the whole cursor is an index condition, not a filter.
+            models.Index(fields=["owner", "-created_at", "-id"], name="prompt_owner_created_id"),
+            models.Index(
+                fields=["owner", "status", "-created_at", "-id"], name="prompt_owner_status_created"
+            ),
             models.Index(fields=["status", "created_at"], name="prompt_status_created"),
         ]
         constraints = [
@@ -272,12 +277,12 @@ class GeneratedImage(models.Model):
             models.UniqueConstraint(fields=["prompt", "node_id", "output_index"], name="image_unique_output"),
         ]
         indexes = [
-            models.Index(fields=["owner", "-created_at"], name="image_owner_created"),
+            models.Index(fields=["owner", "-created_at", "-id"], name="image_owner_created_id"),
             models.Index(fields=["review_status", "-created_at"], name="image_review_created"),
             models.Index(
-                fields=["owner", "-created_at"],
+                fields=["owner", "-created_at", "-id"],
                 condition=models.Q(is_favourite=True),
-                name="image_owner_favourites",
+                name="image_owner_fav_created_id",
             ),
         ]
 
@@ -288,6 +293,29 @@ class GeneratedImage(models.Model):
         if self.owner_id is None and self.prompt_id is not None:
             self.owner_id = self.prompt.owner_id
         super().save(*args, **kwargs)
+
+
+class ImageTotals(models.Model):
+    """A user's image count, bytes stored and favourites, for the history page's heading.
+
+    Kept by database triggers on GeneratedImage (migration 0008), in the same transaction as
+    the change: every way rows change (a save, `bulk_create`, `QuerySet.update`, a cascade,
+    the admin) counts, which signals would miss. Summing 100,000 rows on each page took 25 ms.
+    Read only; a user with no row has no images yet.
+    """
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    images = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    favourites = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "image totals"
+
+    def __str__(self) -> str:
+        return f"{self.images} images of user {self.owner_id}"
 
 
 class ApiKey(models.Model):

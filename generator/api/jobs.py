@@ -18,7 +18,7 @@ from ninja import Header, Query, Router, Schema, Status
 from pydantic import Field
 
 from generator.backends import node_catalog
-from generator.history import after_cursor, date_bounds
+from generator.history import after_cursor, date_bounds, keyset_page, prompt_filters
 from generator.http import AuthenticatedRequest
 from generator.models import Prompt
 from generator.parsing import parse_id
@@ -191,24 +191,22 @@ class JobFilters(Schema):
 
 @router.get("/jobs", response={200: JobPage, **ERRORS}, url_name="job_list")
 def list_jobs(request: AuthenticatedRequest, filters: Query[JobFilters]) -> dict[str, Any]:
-    """Your jobs, newest first, a page at a time; filters as on the history page."""
+    """Your jobs, newest first, a page at a time; filters as on the history page. A page may
+    hold fewer than `limit` jobs, even none, while `next_cursor` is not null: a filtered page
+    looks through a bounded stretch of your jobs. Follow `next_cursor` until it is null."""
     try:
         older = after_cursor(filters.cursor)
     except ValueError:
         raise ApiError(400, "cursor: not a cursor this API gave.", param="cursor") from None
-    prompts = jobs_visible_to(request.user).filter(owner=request.user)
-    prompts = prompts.filter(date_bounds(filters.dict()), older)
+    prompts = jobs_visible_to(request.user).filter(date_bounds(filters.dict()), owner=request.user)
     if filters.status:
         prompts = prompts.filter(status=filters.status)
-    if filters.workflow:
-        prompts = prompts.filter(workflow=filters.workflow)
-    if filters.q:
-        prompts = prompts.filter(positive_text__icontains=filters.q)
-    rows = list(prompts.order_by("-created_at", "-pk")[: filters.limit + 1])
-    more = len(rows) > filters.limit
-    rows = rows[: filters.limit]
-    next_cursor = f"{rows[-1].created_at.isoformat()}_{rows[-1].pk}" if more else None
-    return {"object": "list", "data": jobs_data(rows, site_base(request)), "next_cursor": next_cursor}
+    page = keyset_page(prompts, older, filters.limit, prompt_filters(filters.dict()))
+    return {
+        "object": "list",
+        "data": jobs_data(page.rows, site_base(request)),
+        "next_cursor": page.next_cursor,
+    }
 
 
 def _visible_job(request: AuthenticatedRequest, pk: int) -> Prompt:

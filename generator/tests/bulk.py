@@ -9,38 +9,35 @@ from django.utils import timezone
 
 from generator.models import GeneratedImage, Prompt
 
+# Prompts name one subject each in turn, so a search may match an eighth of them ("forest"),
+# one ("number 1234 "), all ("history") or none ("zebra").
+SUBJECTS = ["lighthouse", "forest", "harbour", "mountain", "city", "garden", "desert", "river"]
 
-def fill_history(
-    *, users: int, images_for_first: int, images_per_prompt: int = 4, thumbnail_name: str = ""
-) -> list:
-    """`users` users; the first owns `images_for_first` images (in prompts of `images_per_prompt`)."""
-    User = get_user_model()
-    people = User.objects.bulk_create(
-        [User(username=f"bulk{n}", email=f"bulk{n}@example.com") for n in range(users)]
-    )
-    owner = people[0]
-    start = timezone.now() - datetime.timedelta(days=365)
-    prompt_count = images_for_first // images_per_prompt
-    prompts = Prompt.objects.bulk_create(
+
+def _prompts(owner: object, count: int, start: datetime.datetime) -> list[Prompt]:
+    return Prompt.objects.bulk_create(
         [
             Prompt(
                 owner=owner,
                 workflow="txt2img",
-                positive_text=f"prompt number {n} of a long history",
+                positive_text=f"a {SUBJECTS[n % len(SUBJECTS)]}, prompt number {n} of a long history",
                 params={"seed": n},
                 status=Prompt.Status.SUCCEEDED,
                 created_at=start + datetime.timedelta(minutes=n),
             )
-            for n in range(prompt_count)
+            for n in range(count)
         ],
         batch_size=2000,
     )
+
+
+def _images(prompts: list[Prompt], per_prompt: int, thumbnail_name: str) -> None:
     GeneratedImage.objects.bulk_create(
         [
             GeneratedImage(
                 prompt=prompt,
-                owner=owner,
-                file=f"outputs/{owner.pk}/{prompt.pk}-{index}.png",
+                owner_id=prompt.owner_id,
+                file=f"outputs/{prompt.owner_id}/{prompt.pk}-{index}.png",
                 thumbnail=thumbnail_name,
                 width=512,
                 height=512,
@@ -50,10 +47,34 @@ def fill_history(
                 created_at=prompt.created_at,
             )
             for prompt in prompts
-            for index in range(images_per_prompt)
+            for index in range(per_prompt)
         ],
         batch_size=2000,
     )
+
+
+def fill_history(
+    *,
+    users: int,
+    images_for_first: int,
+    images_per_prompt: int = 4,
+    thumbnail_name: str = "",
+    images_for_others: int = 0,
+) -> list:
+    """`users` users; the first owns `images_for_first` images (in prompts of `images_per_prompt`,
+    which share their prompt's time: ties for the cursor); the others share `images_for_others`."""
+    User = get_user_model()
+    people = User.objects.bulk_create(
+        [User(username=f"bulk{n}", email=f"bulk{n}@example.com") for n in range(users)]
+    )
+    start = timezone.now() - datetime.timedelta(days=365)
+    _images(
+        _prompts(people[0], images_for_first // images_per_prompt, start), images_per_prompt, thumbnail_name
+    )
+    others = people[1:]
+    for person in others if images_for_others else []:
+        count = images_for_others // len(others) // images_per_prompt
+        _images(_prompts(person, count, start), images_per_prompt, thumbnail_name)
     return people
 
 

@@ -64,3 +64,29 @@ def test_staff_bulk_approve_in_the_admin(page, history_site):
     screenshot(page, "admin-bulk-approved")
     page.goto(f"{history_site}/admin/generator/generatedimage/?review_status__exact=approved")
     assert page.locator("#result_list tbody tr").count() == 50
+
+
+@pytest.fixture(scope="module")
+def narrow_scan_site(tmp_path_factory):
+    """A site whose searches read 10 rows a page, so 90 images take nine stretches."""
+    seed = "from generator.tests.bulk import seed_browser_history; seed_browser_history(90)"
+    with running_site(
+        tmp_path_factory.mktemp("scan-site"), extra_env={"HISTORY_SCAN_ROWS": "10"}, seed=seed
+    ) as url:
+        yield url
+
+
+def test_a_search_goes_on_through_stretches_without_matches_by_itself(page, narrow_scan_site):
+    log_in(page, narrow_scan_site, "ada")
+    page.goto(f"{narrow_scan_site}/history/?q=number+2")
+
+    # The 60 newest images hold no match: their empty stretches load one after another, with
+    # nobody scrolling, until the matches 29–20 push the next one below the fold; scrolling
+    # then shows number 2.
+    page.wait_for_function("document.querySelectorAll('#history-items .tile').length == 10")
+    page.mouse.wheel(0, 20000)
+    page.wait_for_function("document.querySelectorAll('#history-items .tile').length == 11")
+    page.wait_for_selector("#history-items .load-more", state="detached")
+    texts = page.locator("#history-items .tile-text").all_text_contents()
+    assert sorted(int(text.rsplit(" ", 1)[1]) for text in texts) == [2, *range(20, 30)]
+    assert "Nothing here yet" not in page.text_content("#history-items")

@@ -275,6 +275,35 @@ def test_the_list_pages_through_your_jobs_newest_first(api, user, other_user):
     assert seen == sorted(mine, reverse=True)
 
 
+def test_a_search_pages_through_every_match_once_with_ties_and_bounded_scans(api, user, settings):
+    """The same pages as the history's: scans of 5 rows here, so 20 jobs take several pages."""
+    settings.HISTORY_SCAN_ROWS = 5
+    start = timezone.now() - datetime.timedelta(days=1)
+    texts = ["a red fox", "a blue whale", "a Fox in snow", "an owl"]
+    prompts = [
+        PromptFactory(
+            owner=user, positive_text=texts[n % 4], created_at=start + datetime.timedelta(hours=n // 3)
+        )
+        for n in range(20)
+    ]
+    wanted = [
+        p.pk
+        for p in sorted(prompts, key=lambda p: (p.created_at, p.pk), reverse=True)
+        if "fox" in p.positive_text.lower()
+    ]
+
+    seen, cursor = [], None
+    while True:
+        page = api.get("/api/jobs", {"q": "fox", "limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [job["id"] for job in page["data"]]
+        assert len(page["data"]) <= 3
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == wanted
+
+
 def test_the_list_filters_as_the_history_page_does(api, user):
     cat = PromptFactory(owner=user, positive_text="a cat on a roof")
     PromptFactory(owner=user, positive_text="a dog", workflow="upscale")
