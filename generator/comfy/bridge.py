@@ -36,7 +36,7 @@ from django.db import DatabaseError, connections
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from generator import backends, jobs
+from generator import backends, estimates, jobs
 from generator.live import (
     BRIDGE_GROUP,
     LiveState,
@@ -136,6 +136,8 @@ class ActiveJob:
     # Since when its POST /prompt went unanswered (timed out, cut): ComfyUI may hold it all the
     # same, so it is looked for in /queue and /history before it is ever sent again.
     unconfirmed_since: float | None = None
+    clock: estimates.StepClock = field(default_factory=estimates.StepClock)  # times the run
+    rate: estimates.Rate | None = None  # this backend's measured speed for it, once it starts
 
     @property
     def pk(self) -> int:
@@ -328,6 +330,7 @@ class Bridge:
         if isinstance(event, ExecutionStart):
             self.running_prompt_id = active.job.comfy_prompt_id
             active.started = True
+            active.clock.start(now)
             self._later(lambda: self._on_start(active))
         elif isinstance(event, ExecutionCached):
             active.done_nodes.update(event.nodes)
@@ -335,6 +338,7 @@ class Bridge:
             self._on_executing(active, event)
         elif isinstance(event, Progress):
             active.live.step, active.live.steps = event.value, event.max
+            active.clock.step(event.value, now)
             self._relay_progress(active, force=event.value >= event.max)
         elif isinstance(event, Preview):
             self._on_preview(active, event)
@@ -342,6 +346,7 @@ class Bridge:
             self._later(lambda: self._import_outputs(active, event.node, event.files))
         elif isinstance(event, ExecutionSuccess):
             active.verdict_seen = True
+            self._later(functools.partial(self._record_speed, active, active.clock.measurement(now)))
             self._later(lambda: self._finish(active, S.SUCCEEDED))
         elif isinstance(event, ExecutionError):
             workflow = self._workflow(active)
@@ -383,6 +388,13 @@ class Bridge:
 
     async def _on_start(self, active: ActiveJob) -> None:
         self._relay(await db(jobs.advance)(active.pk, S.RUNNING, active.live))
+        job = active.job
+        active.rate = await db(estimates.running_rate)(self.url, job.workflow, job.params)
+
+    async def _record_speed(self, active: ActiveJob, measured: estimates.Measurement | None) -> None:
+        """How long the run took, for the estimates on later jobs' cards."""
+        if measured is not None:
+            await db(estimates.record_run)(self.url, active.job.workflow, active.job.params, measured)
 
     def _on_executing(self, active: ActiveJob, event: Executing) -> None:
         if event.is_end:
@@ -393,6 +405,7 @@ class Bridge:
         if active.current_node:
             active.done_nodes.add(active.current_node)
         active.current_node = event.node or ""
+        active.clock.node(time.monotonic())
         active.live.node_title = active.node_titles.get(active.current_node, f"node {active.current_node}")
         active.live.step = active.live.steps = 0
         self._relay_progress(active, force=True)
@@ -870,6 +883,9 @@ class Bridge:
             return
         active.last_progress_sent = now
         active.live.progress = active.overall_progress()
+        if active.rate is not None:
+            steps = estimates.job_steps(active.job.params)
+            active.live.seconds_left = active.clock.seconds_left(active.rate, steps, now)
         if now - active.last_live_saved >= self.settings.live_save_interval:
             # For tabs that connect later; the final state is saved with the job's last card.
             # The cache may be Redis: stored off the event loop, in event order.

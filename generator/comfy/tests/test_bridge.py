@@ -83,6 +83,7 @@ async def listen(user) -> WebsocketCommunicator:
     communicator.scope["user"] = user
     connected, _ = await communicator.connect()
     assert connected
+    assert (await communicator.receive_from()).startswith('<div id="jobs"')  # the tab's list
     return communicator
 
 
@@ -450,3 +451,36 @@ async def test_a_job_whose_image_comfyui_no_longer_has_fails_in_words(emulator, 
 
     assert done.status == S.FAILED
     assert "no longer has its output" in done.error
+
+
+BADGE = re.compile(r'class="badge status-(\w+)"')
+CARD_STATUS = re.compile(r'<article class="job-card[^"]*" id="prompt-\d+" data-status="(\w+)"')
+STATUS_ORDER = [S.QUEUED, S.SUBMITTED, S.RUNNING, S.SUCCEEDED]
+
+
+async def test_the_badge_and_data_status_agree_at_every_update_and_never_step_back():
+    """What a tab shows after each fragment: a fragment replaces the elements it holds, so the
+    badge on the page is the last one sent, and data-status is the last card's."""
+    owner = await sync_to_async(UserFactory)()
+    tab = await listen(owner)
+    job = await new_job(owner, steps=6)
+
+    async with (
+        Emulator(step_seconds=0.02) as emulator,
+        running_bridge(emulator.url, progress_interval=0) as bridge,
+    ):
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.SUCCEEDED)
+        fragments = await drain(tab)
+
+    shown: list[tuple[str, str]] = []  # (badge, data-status) after each fragment
+    badge = card_status = S.QUEUED
+    for fragment in fragments:
+        badge = (BADGE.findall(fragment) or [badge])[-1]
+        card_status = (CARD_STATUS.findall(fragment) or [card_status])[-1]
+        shown.append((badge, card_status))
+    assert all(badge == card_status for badge, card_status in shown), shown
+    ranks = [STATUS_ORDER.index(badge) for badge, _ in shown]
+    assert ranks == sorted(ranks), shown
+    assert shown[-1] == (S.SUCCEEDED, S.SUCCEEDED)
+    await tab.disconnect()
