@@ -168,7 +168,8 @@ async def test_estimates_are_within_a_fifth_of_the_real_time_on_the_emulator():
             now = time.monotonic()
             queued = jobs[-1]
             queue = await sync_to_async(site_queue)()
-            assert queue.order[-1] == queued.pk and queue.waiting_in_comfy == 1
+            assert queue.order[-1] == queued.pk  # last of those waiting in the site's queue
+            assert queue.waiting_in_comfy == 1  # and one waits in ComfyUI, behind the running one
             queued_estimate = (await sync_to_async(seconds_to_done)(queue, [queued.pk]))[queued.pk]
             running_took = await seconds_until_succeeded(jobs[0].pk, now)
             queued_took = await seconds_until_succeeded(queued.pk, now)
