@@ -158,6 +158,7 @@ class RateBook:
     """Every measured rate, read in one query (a row per backend, workflow and size)."""
 
     rates: dict[tuple[str, str, str], Rate] = field(default_factory=dict)
+    means: dict[tuple[str, str], Rate | None] = field(default_factory=dict)  # over backends
 
     @classmethod
     def load(cls) -> RateBook:
@@ -177,8 +178,10 @@ class RateBook:
         size = job_size(params)
         if backend:
             return self.rates.get((backend, workflow, size))
-        found = [rate for (_, w, s), rate in self.rates.items() if (w, s) == (workflow, size)]
-        return Rate.mean(found) if found else None
+        if (workflow, size) not in self.means:  # asked for each job of a long queue: worked out once
+            found = [rate for (_, w, s), rate in self.rates.items() if (w, s) == (workflow, size)]
+            self.means[workflow, size] = Rate.mean(found) if found else None
+        return self.means[workflow, size]
 
 
 def running_rate(backend: str, workflow: str, params: dict[str, Any]) -> Rate | None:
@@ -205,10 +208,22 @@ def seconds_to_done(queue: SiteQueue, wanted: Iterable[int]) -> dict[int, float]
     if not book.rates:  # nothing measured yet: no estimate, and no more queries to find that out
         return {}
     rows = {
-        row[0]: _Row(*row)
-        for row in Prompt.objects.filter(status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES])
+        pk: _Row(pk, workflow, {"width": width, "height": height, "steps": steps}, status, backend, started)
+        # Only the settings a rate depends on: a job's whole parameters are not read and parsed.
+        for pk, workflow, width, height, steps, status, backend, started in Prompt.objects.filter(
+            status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES]
+        )
         .order_by("created_at", "pk")
-        .values_list("pk", "workflow", "params", "status", "backend", "started_at")
+        .values_list(
+            "pk",
+            "workflow",
+            "params__width",
+            "params__height",
+            "params__steps",
+            "status",
+            "backend",
+            "started_at",
+        )
     }
     estimates: dict[int, float] = {}
     # Each backend's work: what its running job has left, then the jobs waiting inside it.
