@@ -573,7 +573,11 @@ class Bridge:
             return await self._not_sent(active, error)
         if self._echo is None:
             self._echo = (heard_before, time.monotonic() + self.settings.echo_seconds)
-        await self._send_card(active)
+        waiting_card = await db(jobs.card_html)(active.pk, active.live)
+        # ComfyUI may have started it meanwhile, and its running card be out already: this one,
+        # read before, would take the card back to "Waiting in ComfyUI".
+        if not active.started:
+            self._relay(waiting_card)
         return True
 
     async def _not_sent(self, active: ActiveJob, error: ComfyError) -> bool:
