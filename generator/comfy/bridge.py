@@ -346,8 +346,9 @@ class Bridge:
             self._later(lambda: self._import_outputs(active, event.node, event.files))
         elif isinstance(event, ExecutionSuccess):
             active.verdict_seen = True
-            self._later(functools.partial(self._record_speed, active, active.clock.measurement(now)))
             self._later(lambda: self._finish(active, S.SUCCEEDED))
+            # After the final card: the owner waits for that, not for our bookkeeping.
+            self._later(functools.partial(self._record_speed, active, active.clock.measurement(now)))
         elif isinstance(event, ExecutionError):
             workflow = self._workflow(active)
             error = event.describe(workflow.node_title(event.node_id) if workflow else None)
@@ -573,11 +574,12 @@ class Bridge:
             return await self._not_sent(active, error)
         if self._echo is None:
             self._echo = (heard_before, time.monotonic() + self.settings.echo_seconds)
-        waiting_card = await db(jobs.card_html)(active.pk, active.live)
-        # ComfyUI may have started it meanwhile, and its running card be out already: this one,
-        # read before, would take the card back to "Waiting in ComfyUI".
+        # ComfyUI may have started it meanwhile, and its running card be out already: a card
+        # read before would take the badge back to "Waiting in ComfyUI".
         if not active.started:
-            self._relay(waiting_card)
+            waiting_card = await db(jobs.card_html)(active.pk, active.live)
+            if not active.started:
+                self._relay(waiting_card)
         return True
 
     async def _not_sent(self, active: ActiveJob, error: ComfyError) -> bool:
