@@ -133,9 +133,9 @@ def _blend(old: float, new: float) -> float:
     return old + NEWEST_WEIGHT * (new - old)
 
 
-def record_run(backend: str, workflow: str, params: dict[str, Any], measured: Measurement) -> None:
-    """Fold one finished run into its backend's rate (the bridge calls this on its database
-    thread, after each job that succeeded)."""
+def record_run(backend: str, workflow: str, params: dict[str, Any], measured: Measurement) -> Rate:
+    """Fold one finished run into its backend's rate, and return the rate (the bridge calls
+    this on its database thread, after each job that succeeded, and keeps what it returns)."""
     rate, created = StepRate.objects.get_or_create(backend=backend, workflow=workflow, size=job_size(params))
     first = created or rate.jobs == 0
     fold = (lambda old, new: new) if first else _blend
@@ -151,6 +151,7 @@ def record_run(backend: str, workflow: str, params: dict[str, Any], measured: Me
     rate.steps = fold(rate.steps, float(measured.steps))
     rate.jobs += 1
     rate.save()
+    return Rate(rate.seconds_per_step, rate.seconds_before_steps, rate.seconds_after_steps, rate.steps)
 
 
 @dataclass

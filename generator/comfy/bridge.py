@@ -225,6 +225,8 @@ class Bridge:
         self._polling = False  # a poll of the jobs we hear nothing of is on the state worker's list
         self._info_refreshed_at = -1e9
         self._info_saved: int | None = None  # a digest of the node definitions last written
+        # This backend's speed per (workflow, size), for the time left on running cards.
+        self.rates: dict[tuple[str, str], estimates.Rate | None] = {}
 
     @property
     def client_id(self) -> str:
@@ -390,12 +392,17 @@ class Bridge:
     async def _on_start(self, active: ActiveJob) -> None:
         self._relay(await db(jobs.advance)(active.pk, S.RUNNING, active.live))
         job = active.job
-        active.rate = await db(estimates.running_rate)(self.url, job.workflow, job.params)
+        key = (job.workflow, estimates.job_size(job.params))
+        if key not in self.rates:  # read once; then kept as this bridge measures
+            self.rates[key] = await db(estimates.running_rate)(self.url, job.workflow, job.params)
+        active.rate = self.rates[key]
 
     async def _record_speed(self, active: ActiveJob, measured: estimates.Measurement | None) -> None:
         """How long the run took, for the estimates on later jobs' cards."""
         if measured is not None:
-            await db(estimates.record_run)(self.url, active.job.workflow, active.job.params, measured)
+            job = active.job
+            rate = await db(estimates.record_run)(self.url, job.workflow, job.params, measured)
+            self.rates[job.workflow, estimates.job_size(job.params)] = rate
 
     def _on_executing(self, active: ActiveJob, event: Executing) -> None:
         if event.is_end:
