@@ -10,7 +10,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.cache import cache
 
 from .banner import BANNER_GROUP
-from .live import unfinished_cards, user_group
+from .live import job_list, render_cards, user_group
+from .models import Prompt
 
 UNAUTHENTICATED = 4401
 TOO_MANY_SOCKETS = 4429
@@ -53,9 +54,25 @@ def release_socket(user_id: int) -> None:
         pass
 
 
+NEW_CARD = '<div hx-swap-oob="afterbegin:#jobs">{card}</div>'
+
+
+def current_cards(user_id: int, pks: list[int]) -> dict[int, str]:
+    """The cards of these jobs of the user, as they stand now (anyone else's: none)."""
+    prompts = list(Prompt.objects.filter(owner_id=user_id, pk__in=pks).prefetch_related("images"))
+    return {prompt.pk: card for prompt, card in zip(prompts, render_cards(prompts), strict=True)}
+
+
 class JobsConsumer(AsyncWebsocketConsumer):
+    """Keeps track of which cards its tab shows, so that every fragment it sends has its
+    target on the page: htmx logs an error for a fragment whose element is missing, and the
+    update is lost. On connect the tab's whole list is replaced by the list as it stands; a
+    new job's card is added to the top; a fragment of a job the tab has no card of (made by
+    the API, or before a reconnect) is sent as the job's current card instead."""
+
     group: str | None = None
     counted_user: int | None = None
+    shown: set[int]
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -73,9 +90,10 @@ class JobsConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.channel_layer.group_add(BANNER_GROUP, self.channel_name)
         await self.accept()
-        # A tab that (re)connects first gets where every unfinished job is now.
-        for html in await database_sync_to_async(unfinished_cards)(user.pk):
-            await self.send(text_data=html)
+        # A tab that (re)connects first gets its list as it is now: jobs that moved on, ended
+        # or began while it was away included.
+        html, self.shown = await database_sync_to_async(job_list)(user.pk)
+        await self.send(text_data=html)
 
     async def disconnect(self, code: int) -> None:
         if self.counted_user is not None:
@@ -98,6 +116,22 @@ class JobsConsumer(AsyncWebsocketConsumer):
         await super().dispatch(message)
 
     async def job_html(self, event: dict[str, Any]) -> None:
+        new_job = event.get("new_job")
+        if new_job is not None:
+            html = event["html"] if new_job in self.shown else NEW_CARD.format(card=event["html"])
+            self.shown.add(new_job)
+            await self.send(text_data=html)
+            return
+        missing = [pk for pk in event.get("jobs", ()) if pk not in self.shown]
+        if missing:
+            # Rendered now, so as new as the fragment or newer: the fragment itself is not sent
+            # when it was only about jobs the tab had no card of.
+            cards = await database_sync_to_async(current_cards)(self.counted_user or 0, missing)
+            self.shown.update(cards)
+            if cards:
+                await self.send(text_data="".join(NEW_CARD.format(card=card) for card in cards.values()))
+            if len(missing) == len(event["jobs"]):
+                return
         await self.send(text_data=event["html"])
 
     async def banner_html(self, event: dict[str, Any]) -> None:

@@ -21,16 +21,17 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from .estimates import about, seconds_to_done
 from .live import (
     LIVE_TTL_SECONDS,
     LiveState,
     Relay,
     queue_event,
-    queue_positions,
     render_card,
     render_progress,
     save_live_state,
     status_event,
+    waiting_state,
 )
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
@@ -59,6 +60,7 @@ class Job:
     status: str
     cancel_requested: bool
     submit_attempts: int
+    params: dict[str, Any]
 
 
 def _job(prompt: Prompt) -> Job:
@@ -70,6 +72,7 @@ def _job(prompt: Prompt) -> Job:
         status=prompt.status,
         cancel_requested=prompt.cancel_requested_at is not None,
         submit_attempts=prompt.submit_attempts,
+        params=prompt.params,
     )
 
 
@@ -305,34 +308,51 @@ def advance(pk: int, status: str, live: LiveState | None = None, **changes: Any)
 def _card(prompt: Prompt, live: LiveState | None) -> Relay:
     if live is not None:
         save_live_state(prompt.pk, live)
-    position = queue_positions([prompt]).get(prompt.pk)
-    html = render_card(prompt, live=live, position=position)
+    positions, estimates = waiting_state([prompt])
+    position = positions.get(prompt.pk)
+    html = render_card(prompt, live=live, position=position, seconds_left=estimates.get(prompt.pk))
     return Relay(prompt.owner_id, html, (status_event(prompt, position),))
 
 
 def moved_queue_places() -> list[Relay]:
-    """When the queue moves: for each user with a queued job whose place changed since it was
-    last told, one message with the status line of each such job.
+    """When the queue moves: for each user with a queued job whose place or estimate changed
+    since it was last told, one message with the status line of each such job.
 
-    The places last told are kept in the cache, so that every bridge, in this process or
-    another, tells each change once; and a user's lines travel together, not one per job.
+    The places and estimates last told are kept in the cache, so that every bridge, in this
+    process or another, tells each change once; and a user's lines travel together, not one
+    per job. An estimate is told as its words ("about 40 s"): a change that does not change
+    the words is no message.
     """
-    places = site_queue().places()
+    queue = site_queue()
+    places = queue.places()
     if not places:
         return []
+    estimates = seconds_to_done(queue, places)
+    shown = {pk: (place, about(estimates.get(pk))) for pk, place in places.items()}
     told = cache.get_many([place_key(pk) for pk in places])
-    moved = {pk: place for pk, place in places.items() if worth_telling(told.get(place_key(pk)), place)}
-    cache.set_many({place_key(pk): place for pk, place in moved.items()}, LIVE_TTL_SECONDS)
+    moved = {pk: now for pk, now in shown.items() if worth_telling_line(told.get(place_key(pk)), now)}
+    cache.set_many({place_key(pk): list(line) for pk, line in moved.items()}, LIVE_TTL_SECONDS)
     prompts = Prompt.objects.filter(pk__in=moved, status=S.QUEUED).only(
         "pk", "owner_id", "status", "cancel_requested_at"
     )
     lines: dict[int, list[str]] = {}
     events: dict[int, list[dict[str, Any]]] = {}
     for prompt in prompts:
-        line = render_progress(prompt, live=LiveState(), position=moved[prompt.pk])
+        place = places[prompt.pk]
+        line = render_progress(
+            prompt, live=LiveState(), position=place, seconds_left=estimates.get(prompt.pk)
+        )
         lines.setdefault(prompt.owner_id, []).append(line)
-        events.setdefault(prompt.owner_id, []).append(queue_event(prompt.pk, moved[prompt.pk]))
+        events.setdefault(prompt.owner_id, []).append(queue_event(prompt.pk, place))
     return [Relay(owner_id, "".join(html), tuple(events[owner_id])) for owner_id, html in lines.items()]
+
+
+def worth_telling_line(told: Any, shown: tuple[int, str]) -> bool:
+    """Whether a queued job's line changed enough to tell: its place (see worth_telling), or
+    the words of its estimate. `told`: what the cache kept, [place, words]."""
+    told_place, told_words = told if isinstance(told, list) and len(told) == 2 else (None, None)
+    place, words = shown
+    return worth_telling(told_place, place) or words != told_words
 
 
 EVERY_PLACE_FROM = 20  # nearer the front than this, every move is told
@@ -350,7 +370,8 @@ def place_key(prompt_id: int) -> str:
     return f"job-place:{prompt_id}"
 
 
-def note_place_shown(prompt_id: int, place: int) -> None:
-    """The place the card of a job just posted shows: the queue's next move tells only a change.
-    Added, not set: a bridge may have told a newer place since the card was rendered."""
-    cache.add(place_key(prompt_id), place, LIVE_TTL_SECONDS)
+def note_place_shown(prompt_id: int, place: int, estimate: str = "") -> None:
+    """The place (and estimate, in words) the card of a job just posted shows: the queue's
+    next move tells only a change. Added, not set: a bridge may have told a newer place since
+    the card was rendered."""
+    cache.add(place_key(prompt_id), [place, estimate], LIVE_TTL_SECONDS)

@@ -16,9 +16,11 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Prefetch
 from django.template.loader import render_to_string
 from redis.exceptions import RedisError
 
+from .estimates import about, seconds_to_done
 from .models import GeneratedImage, Prompt
 from .scheduling import site_queue
 
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 LIVE_TTL_SECONDS = 3600
 BRIDGE_GROUP = "comfy-bridge"
+RECENT_JOBS = 20  # cards on the generate page
 
 
 def user_group(user_id: int) -> str:
@@ -39,11 +42,16 @@ class Relay(NamedTuple):
     owner_id: int
     html: str
     events: tuple[dict[str, Any], ...] = ()
+    new_job: int | None = None  # the card of a job just made: tabs add it to their list
 
     def message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"type": "job.html", "html": self.html}
         if self.events:
             message["events"] = list(self.events)
+            # Which cards the fragment updates: a tab not showing one is sent the card instead.
+            message["jobs"] = sorted({event["job"] for event in self.events})
+        if self.new_job is not None:
+            message["new_job"] = self.new_job
         return message
 
 
@@ -106,6 +114,7 @@ class LiveState:
     steps: int = 0
     progress: float = 0.0  # of the whole workflow, 0 to 1
     cancelling: bool = False
+    seconds_left: float | None = None  # estimated from the backend's measured speed, if known
 
     @property
     def step_percent(self) -> int:
@@ -129,10 +138,21 @@ def load_live_states(prompt_ids: list[int]) -> dict[int, LiveState]:
 
 def queue_positions(prompts: list[Prompt]) -> dict[int, int]:
     """1-based place of each queued prompt in the site's queue (jobs handed to ComfyUI count first)."""
-    wanted = {p.pk for p in prompts if p.status == Prompt.Status.QUEUED}
-    if not wanted:
-        return {}
-    return {pk: place for pk, place in site_queue().places().items() if pk in wanted}
+    return waiting_state(prompts, estimate=False)[0]
+
+
+WAITING_STATUSES = frozenset({Prompt.Status.QUEUED, Prompt.Status.SUBMITTED})
+
+
+def waiting_state(prompts: list[Prompt], *, estimate: bool = True) -> tuple[dict[int, int], dict[int, float]]:
+    """Of the waiting prompts: their place in the site's queue (queued ones), and the seconds
+    until each is done where that can be estimated (see generator.estimates)."""
+    waiting = {p.pk for p in prompts if p.status in WAITING_STATUSES}
+    if not waiting:
+        return {}, {}
+    queue = site_queue()
+    places = {pk: place for pk, place in queue.places().items() if pk in waiting}
+    return places, seconds_to_done(queue, waiting) if estimate else {}
 
 
 def card_context(
@@ -141,6 +161,7 @@ def card_context(
     live: LiveState | None = None,
     position: int | None = None,
     images: list[GeneratedImage] | None = None,
+    seconds_left: float | None = None,
 ) -> dict[str, Any]:
     live = live or LiveState()
     if images is None:
@@ -151,23 +172,45 @@ def card_context(
         "prompt": prompt,
         "live": live,
         "position": position,
+        "eta": eta_text(prompt, live, seconds_left),
         "images": images,
         # Cards are their owner's: images a moderator took away, or not yet approved, show a note.
         "show_unreviewed": settings.SHOW_IMAGES_BEFORE_REVIEW,
     }
 
 
-def render_card(prompt: Prompt, *, catch_up: bool = False, **kwargs: Any) -> str:
-    """A job's card. `catch_up`: the card a form post answers with fetches itself again once
-    shown, since the job's first websocket updates may have come before it was on the page."""
-    return render_to_string(
-        "generator/partials/job_card.html", {**card_context(prompt, **kwargs), "catch_up": catch_up}
-    )
+def eta_text(prompt: Prompt, live: LiveState, seconds_left: float | None = None) -> str:
+    """What a card says of the time to done: a running job's from its steps left, a waiting
+    job's from the queue ahead of it (`seconds_left`); nothing when it cannot be estimated."""
+    if prompt.status == Prompt.Status.RUNNING:
+        return about(live.seconds_left)
+    if prompt.status in WAITING_STATUSES:
+        return about(seconds_left)
+    return ""
 
 
-def render_progress(prompt: Prompt, *, live: LiveState, position: int | None = None) -> str:
-    """The status line and bars alone: what changes at every step, rendered without a query."""
-    context = {"prompt": prompt, "live": live, "position": position}
+def render_card(prompt: Prompt, **kwargs: Any) -> str:
+    """A job's card: its status (badge and data-status, from one value) and its progress."""
+    return render_to_string("generator/partials/job_card.html", card_context(prompt, **kwargs))
+
+
+def new_card_relay(prompt: Prompt, card: str) -> Relay:
+    """A job just made, for its owner's tabs: each adds the card to the top of its list (the
+    socket alone adds cards, so a fragment of the job can never come before its card)."""
+    return Relay(prompt.owner_id, card, (status_event(prompt),), new_job=prompt.pk)
+
+
+def render_progress(
+    prompt: Prompt, *, live: LiveState, position: int | None = None, seconds_left: float | None = None
+) -> str:
+    """The queue place, node, step, estimate and bars: what changes at every step, rendered
+    without a query. The status itself is the card's (a progress update never changes it)."""
+    context = {
+        "prompt": prompt,
+        "live": live,
+        "position": position,
+        "eta": eta_text(prompt, live, seconds_left),
+    }
     return render_to_string("generator/partials/job_progress.html", context)
 
 
@@ -176,19 +219,31 @@ def render_image(image: GeneratedImage) -> str:
     return render_to_string("generator/partials/image_card.html", context)
 
 
-def unfinished_cards(user_id: int) -> list[str]:
-    """The current state of a user's unfinished jobs, as cards: what a (re)connecting tab needs."""
-    prompts = list(
-        Prompt.objects.filter(owner_id=user_id)
-        .exclude(status__in=Prompt.FINAL_STATUSES)
-        .prefetch_related("images")
-        .order_by("created_at")
-    )
-    return render_cards(prompts)
+def listed_jobs(user_id: int) -> list[Prompt]:
+    """The jobs on a user's generate page, newest first: the latest, and every unfinished one
+    (however old), since its updates must have a card to go to."""
+    with_images = Prefetch("images", queryset=GeneratedImage.objects.order_by("node_id", "output_index"))
+    mine = Prompt.objects.filter(owner_id=user_id).prefetch_related(with_images)
+    recent = list(mine[:RECENT_JOBS])
+    shown = {p.pk for p in recent}
+    older_unfinished = mine.exclude(status__in=Prompt.FINAL_STATUSES).exclude(pk__in=shown)
+    return recent + list(older_unfinished)
+
+
+def job_list(user_id: int) -> tuple[str, set[int]]:
+    """The list of a user's job cards as they stand now, and which jobs it shows: what a tab's
+    socket sends when it (re)connects, in place of the list the page was rendered with."""
+    prompts = listed_jobs(user_id)
+    html = render_to_string("generator/partials/job_list.html", {"cards": render_cards(prompts)})
+    return html, {p.pk for p in prompts}
 
 
 def render_cards(prompts: list[Prompt]) -> list[str]:
-    """Cards as they stand now: queue places from the database, step detail from the cache."""
-    positions = queue_positions(prompts)
+    """Cards as they stand now: queue places and estimates from the database, step detail from
+    the cache."""
+    positions, estimates = waiting_state(prompts)
     lives = load_live_states([p.pk for p in prompts if not p.is_final])
-    return [render_card(p, live=lives.get(p.pk), position=positions.get(p.pk)) for p in prompts]
+    return [
+        render_card(p, live=lives.get(p.pk), position=positions.get(p.pk), seconds_left=estimates.get(p.pk))
+        for p in prompts
+    ]

@@ -90,6 +90,30 @@ class Backend(models.Model):
         return self.label or self.url
 
 
+class StepRate(models.Model):
+    """How fast one backend runs one workflow at one size, as measured on the jobs it finished:
+    what the job cards' time estimates are made of. Written by the bridge after each job."""
+
+    backend = models.CharField(max_length=200)
+    workflow = models.CharField(max_length=100)
+    size = models.CharField(max_length=32, blank=True, help_text="width×height, when the job has one")
+    # Exponentially weighted, so a backend that got faster (or busier) shows within a few jobs.
+    seconds_per_step = models.FloatField(default=0.0)
+    seconds_before_steps = models.FloatField(default=0.0, help_text="loading, encoding")
+    seconds_after_steps = models.FloatField(default=0.0, help_text="decoding, saving")
+    steps = models.FloatField(default=0.0, help_text="sampler steps a job of it took")
+    jobs = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["backend", "workflow", "size"], name="steprate_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} {self.size} on {self.backend}: {self.seconds_per_step:.3f} s/step"
+
+
 class Quota(models.Model):
     """Limits for the members of a group; a user in several groups gets the most generous.
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db.models import Prefetch
 from django.db.models.fields.files import FieldFile
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -15,17 +14,17 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import backends
 from .banner import banner_html, cached_banner_summary
+from .estimates import about
 from .forms import GenerateForm
 from .history import visible_images
 from .http import AuthenticatedRequest
 from .jobs import note_place_shown
-from .live import queue_positions, render_card, render_cards
+from .live import listed_jobs, new_card_relay, render_card, render_cards, send_relay, waiting_state
 from .models import GeneratedImage, Prompt
 from .parsing import parse_id
 from .submissions import cancel_job, start_job, wake_bridge
 from .workflows import DEFAULT_WORKFLOW, Workflow, WorkflowError, all_workflows, get_workflow
 
-RECENT_JOBS = 20
 REFINE_WORKFLOW = "img2img"
 
 
@@ -92,12 +91,7 @@ def _initial_from_history(request: AuthenticatedRequest) -> tuple[str, dict[str,
 def home(request: AuthenticatedRequest) -> HttpResponse:
     default, initial = _initial_from_history(request)
     workflow = _workflow_from(request, default)
-    prompts = list(
-        Prompt.objects.filter(owner=request.user).prefetch_related(
-            Prefetch("images", queryset=GeneratedImage.objects.order_by("node_id", "output_index"))
-        )[:RECENT_JOBS]
-    )
-    cards = render_cards(prompts)
+    cards = render_cards(listed_jobs(request.user.pk))
     catalog = backends.node_catalog()
     context = _form_context(request, workflow, catalog, _form(request, workflow, catalog, initial=initial))
     return render(request, "generator/home.html", {**context, "cards": cards})
@@ -129,11 +123,16 @@ def generate(request: AuthenticatedRequest) -> HttpResponse:
         response["HX-Retarget"] = "#generate-form"
         response["HX-Reswap"] = "outerHTML"
         return response
-    position = queue_positions([prompt]).get(prompt.pk)
+    positions, estimates = waiting_state([prompt])
+    position, seconds_left = positions.get(prompt.pk), estimates.get(prompt.pk)
     # A job just created has no images: no query for them.
-    card = render_card(prompt, position=position, images=[], catch_up=True)
+    card = render_card(prompt, position=position, images=[], seconds_left=seconds_left)
     if position is not None:  # the card shows it: the bridge need not tell it again
-        note_place_shown(prompt.pk, position)
+        note_place_shown(prompt.pk, position, about(seconds_left))
+    # The card reaches the page through the socket, like every later update of the job, so
+    # none of them can come before it (the form swaps nothing in; see generate_form.html).
+    # Other tabs of the user get it the same way.
+    send_relay(new_card_relay(prompt, card))
     # Only now: the bridge claims the job while this thread is no longer busy rendering.
     wake_bridge()
     return HttpResponse(card)

@@ -37,7 +37,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from generator import backends, jobs
+from generator import backends, estimates, jobs
 from generator.live import (
     BRIDGE_GROUP,
     LiveState,
@@ -137,6 +137,8 @@ class ActiveJob:
     # Since when its POST /prompt went unanswered (timed out, cut): ComfyUI may hold it all the
     # same, so it is looked for in /queue and /history before it is ever sent again.
     unconfirmed_since: float | None = None
+    clock: estimates.StepClock = field(default_factory=estimates.StepClock)  # times the run
+    rate: estimates.Rate | None = None  # this backend's measured speed for it, once it starts
 
     @property
     def pk(self) -> int:
@@ -225,6 +227,8 @@ class Bridge:
         self._polling = False  # a poll of the jobs we hear nothing of is on the state worker's list
         self._info_refreshed_at = -1e9
         self._info_saved: int | None = None  # a digest of the node definitions last written
+        # This backend's speed per (workflow, size), for the time left on running cards.
+        self.rates: dict[tuple[str, str], estimates.Rate | None] = {}
 
     @property
     def client_id(self) -> str:
@@ -330,6 +334,7 @@ class Bridge:
         if isinstance(event, ExecutionStart):
             self.running_prompt_id = active.job.comfy_prompt_id
             active.started = True
+            active.clock.start(now)
             self._later(lambda: self._on_start(active))
         elif isinstance(event, ExecutionCached):
             active.done_nodes.update(event.nodes)
@@ -337,6 +342,7 @@ class Bridge:
             self._on_executing(active, event)
         elif isinstance(event, Progress):
             active.live.step, active.live.steps = event.value, event.max
+            active.clock.step(event.value, now)
             self._relay_progress(active, force=event.value >= event.max)
         elif isinstance(event, Preview):
             self._on_preview(active, event)
@@ -345,6 +351,8 @@ class Bridge:
         elif isinstance(event, ExecutionSuccess):
             active.verdict_seen = True
             self._later(lambda: self._finish(active, S.SUCCEEDED))
+            # After the final card: the owner waits for that, not for our bookkeeping.
+            self._later(functools.partial(self._record_speed, active, active.clock.measurement(now)))
         elif isinstance(event, ExecutionError):
             workflow = self._workflow(active)
             error = event.describe(workflow.node_title(event.node_id) if workflow else None)
@@ -385,6 +393,18 @@ class Bridge:
 
     async def _on_start(self, active: ActiveJob) -> None:
         self._relay(await db(jobs.advance)(active.pk, S.RUNNING, active.live))
+        job = active.job
+        key = (job.workflow, estimates.job_size(job.params))
+        if key not in self.rates:  # read once; then kept as this bridge measures
+            self.rates[key] = await db(estimates.running_rate)(self.url, job.workflow, job.params)
+        active.rate = self.rates[key]
+
+    async def _record_speed(self, active: ActiveJob, measured: estimates.Measurement | None) -> None:
+        """How long the run took, for the estimates on later jobs' cards."""
+        if measured is not None:
+            job = active.job
+            rate = await db(estimates.record_run)(self.url, job.workflow, job.params, measured)
+            self.rates[job.workflow, estimates.job_size(job.params)] = rate
 
     def _on_executing(self, active: ActiveJob, event: Executing) -> None:
         if event.is_end:
@@ -395,6 +415,7 @@ class Bridge:
         if active.current_node:
             active.done_nodes.add(active.current_node)
         active.current_node = event.node or ""
+        active.clock.node(time.monotonic())
         active.live.node_title = active.node_titles.get(active.current_node, f"node {active.current_node}")
         active.live.step = active.live.steps = 0
         self._relay_progress(active, force=True)
@@ -562,7 +583,12 @@ class Bridge:
             return await self._not_sent(active, error)
         if self._echo is None:
             self._echo = (heard_before, time.monotonic() + self.settings.echo_seconds)
-        await self._send_card(active)
+        # ComfyUI may have started it meanwhile, and its running card be out already: a card
+        # read before would take the badge back to "Waiting in ComfyUI".
+        if not active.started:
+            waiting_card = await db(jobs.card_html)(active.pk, active.live)
+            if not active.started:
+                self._relay(waiting_card)
         return True
 
     async def _not_sent(self, active: ActiveJob, error: ComfyError) -> bool:
@@ -899,6 +925,9 @@ class Bridge:
             return
         active.last_progress_sent = now
         active.live.progress = active.overall_progress()
+        if active.rate is not None:
+            steps = estimates.job_steps(active.job.params)
+            active.live.seconds_left = active.clock.seconds_left(active.rate, steps, now)
         if now - active.last_live_saved >= self.settings.live_save_interval:
             # For tabs that connect later; the final state is saved with the job's last card.
             # The cache may be Redis: stored off the event loop, in event order.

@@ -70,3 +70,49 @@ def test_bad_input_shows_field_errors_and_queues_nothing(page, demo_site):
     assert "greater than or equal to 1" in page.text_content("#id_steps_errors")
     assert page.locator("#jobs .job-card").count() == 0
     screenshot(page, "generate-field-errors")
+
+
+def generate(page, prompt: str, steps: int) -> None:
+    page.fill("#id_prompt", prompt)
+    page.fill("#id_steps", str(steps))
+    page.click("button:has-text('Generate')")
+    page.wait_for_selector(f"#jobs .job-card:has-text('{prompt}')")
+
+
+def test_watching_jobs_run_logs_no_error_and_the_cards_say_how_long_is_left(page, demo_site):
+    """Every update finds its card (no htmx:oobErrorNoTarget when progress beats the form's
+    answer); once the backend's speed is measured, waiting and running cards say the time left."""
+    console_errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    page.on("pageerror", lambda error: console_errors.append(str(error)))
+    sign_up(page, demo_site, "ada", "counting the steps 42")
+    other_tab = page.context.new_page()  # the same user's second tab: it never posts a form
+    other_tab.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    other_tab.goto(demo_site)
+
+    generate(page, "a first lighthouse, to measure the demo backend", 6)
+    page.wait_for_selector("#jobs .job-card[data-status=succeeded]", timeout=20000)
+    for n in range(3):  # one runs, one waits in ComfyUI, one in the site's queue
+        generate(page, f"a harbour at night, take {n}", 20)
+
+    page.wait_for_selector("#jobs .job-card[data-status=running] .eta", timeout=15000)
+    page.wait_for_selector("#jobs .job-card[data-status=queued] .eta", timeout=15000)
+    running = page.text_content("#jobs .job-card[data-status=running] .job-progress")
+    queued = page.text_content("#jobs .job-card[data-status=queued] .job-progress")
+    assert "to go" in running
+    assert "#2 in the queue" in queued  # behind the job waiting in ComfyUI
+    assert "about" in queued
+    badges = page.eval_on_selector_all(
+        "#jobs .job-card", "cards => cards.map(c => [c.dataset.status, c.querySelector('.badge').className])"
+    )
+    assert all(badge == f"badge status-{status}" for status, badge in badges), badges
+    screenshot(page, "generate-estimates")
+
+    page.wait_for_function(
+        "document.querySelectorAll('#jobs .job-card[data-status=succeeded]').length == 4", timeout=60000
+    )
+    assert page.locator("#jobs .job-card").count() == 4  # each card once
+    other_tab.wait_for_function(
+        "document.querySelectorAll('#jobs .job-card[data-status=succeeded]').length == 4", timeout=10000
+    )
+    assert console_errors == []

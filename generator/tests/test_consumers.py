@@ -4,12 +4,15 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.urls import reverse
 
 from comfysite.asgi import application
 from generator.consumers import JobsConsumer
-from generator.live import user_group
+from generator.live import LiveState, Relay, progress_event, user_group
+from generator.models import Prompt
 
 from .factories import PromptFactory
+from .test_generate_views import HTMX, valid_data
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -40,16 +43,21 @@ async def test_a_foreign_origin_is_refused(user):
     await communicator.disconnect()
 
 
-async def test_a_tab_is_first_sent_its_users_unfinished_jobs(user, other_user):
+async def test_a_tab_is_first_sent_its_users_job_list_as_it_stands(user, other_user):
     mine = await sync_to_async(PromptFactory)(owner=user)
-    await sync_to_async(PromptFactory)(owner=other_user)
+    ended_while_away = await sync_to_async(PromptFactory)(owner=user, status=Prompt.Status.SUCCEEDED)
+    theirs = await sync_to_async(PromptFactory)(owner=other_user)
     communicator = communicator_for(user)
 
     connected, _ = await communicator.connect()
     first = await communicator.receive_from()
 
     assert connected
+    # The whole list, in place of the page's: a job that ended while the tab was away shows so.
+    assert first.startswith('<div id="jobs" class="jobs">')
     assert f'id="prompt-{mine.pk}"' in first
+    assert f'id="prompt-{ended_while_away.pk}" data-status="succeeded"' in first
+    assert f'id="prompt-{theirs.pk}"' not in first
     assert await communicator.receive_nothing(timeout=0.2)
     await communicator.disconnect()
 
@@ -58,6 +66,7 @@ async def test_events_reach_the_owners_tabs_and_no_one_elses(user, other_user):
     mine, theirs = communicator_for(user), communicator_for(other_user)
     await mine.connect()
     await theirs.connect()
+    await mine.receive_from(), await theirs.receive_from()  # their lists
 
     await get_channel_layer().group_send(
         user_group(user.pk), {"type": "job.html", "html": "<div id='x'>42%</div>"}
@@ -67,3 +76,61 @@ async def test_events_reach_the_owners_tabs_and_no_one_elses(user, other_user):
     assert await theirs.receive_nothing(timeout=0.2)
     await mine.disconnect()
     await theirs.disconnect()
+
+
+async def connected_tab(user) -> WebsocketCommunicator:
+    communicator = communicator_for(user)
+    await communicator.connect()
+    await communicator.receive_from()  # the list
+    return communicator
+
+
+def step_fragment(prompt: Prompt, step: int) -> dict:
+    html = f'<div class="job-progress" id="prompt-{prompt.pk}-progress">step {step}/20</div>'
+    return Relay(
+        prompt.owner_id, html, (progress_event(prompt.pk, "running", LiveState(step=step)),)
+    ).message()
+
+
+async def test_a_job_posted_in_one_tab_is_added_to_every_tab_before_any_of_its_updates(user, user_client):
+    first, second = await connected_tab(user), await connected_tab(user)
+
+    response = await sync_to_async(user_client.post)(reverse("generate"), valid_data(), **HTMX)
+    prompt = await Prompt.objects.aget()
+    await get_channel_layer().group_send(user_group(user.pk), step_fragment(prompt, 1))
+
+    for tab in (first, second):
+        card = await tab.receive_from()
+        assert card.startswith('<div hx-swap-oob="afterbegin:#jobs"><article class="job-card')
+        assert f'id="prompt-{prompt.pk}" data-status="queued"' in card
+        assert "step 1/20" in await tab.receive_from()  # its target is on the page by now
+        await tab.disconnect()
+    # The form swaps nothing in itself: the socket alone adds cards, so never twice.
+    assert 'hx-swap="none' in (await sync_to_async(user_client.get)(reverse("home"))).text
+    assert response.status_code == 200
+
+
+async def test_an_update_of_a_job_the_tab_has_no_card_of_comes_as_its_card(user):
+    tab = await connected_tab(user)
+    made_elsewhere = await sync_to_async(PromptFactory)(owner=user, status=Prompt.Status.QUEUED)
+
+    await get_channel_layer().group_send(user_group(user.pk), step_fragment(made_elsewhere, 3))
+    await get_channel_layer().group_send(user_group(user.pk), step_fragment(made_elsewhere, 4))
+
+    added = await tab.receive_from()
+    assert added.startswith('<div hx-swap-oob="afterbegin:#jobs">')
+    assert f'id="prompt-{made_elsewhere.pk}"' in added
+    assert "step 3/20" not in added  # the card as it stands replaced that older fragment
+    assert "step 4/20" in await tab.receive_from()  # then updates go to it as usual
+    assert await tab.receive_nothing(timeout=0.2)
+    await tab.disconnect()
+
+
+async def test_no_card_of_someone_elses_job_is_sent_whatever_reaches_the_group(user, other_user):
+    tab = await connected_tab(user)
+    theirs = await sync_to_async(PromptFactory)(owner=other_user)
+
+    await get_channel_layer().group_send(user_group(user.pk), step_fragment(theirs, 1))
+
+    assert await tab.receive_nothing(timeout=0.2)
+    await tab.disconnect()

@@ -138,6 +138,7 @@ def test_whatever_a_tab_sends_is_ignored_and_the_feed_goes_on(user, error_log, m
     async def send_and_listen() -> None:
         communicator, connected, _ = await opened("/ws/jobs/", headers)
         assert connected
+        assert (await communicator.receive_from()).startswith('<div id="jobs"')  # the tab's list
         for message in messages:
             await communicator.send_to(**message)
         assert await communicator.receive_nothing(timeout=0.01)

@@ -83,6 +83,7 @@ async def listen(user) -> WebsocketCommunicator:
     communicator.scope["user"] = user
     connected, _ = await communicator.connect()
     assert connected
+    assert (await communicator.receive_from()).startswith('<div id="jobs"')  # the tab's list
     return communicator
 
 
@@ -127,18 +128,24 @@ async def test_a_job_runs_to_success_and_only_its_owner_sees_it(emulator):
 STEP_LINE = re.compile(r"step (\d+)/(\d+)")
 
 
-async def test_a_tab_sees_every_step_in_order_and_the_finished_card_last():
+async def fragments_of_a_run(steps: int, step_seconds: float) -> list[str]:
+    """What the owner's tab receives while one job runs to success, every step relayed."""
     owner = await sync_to_async(UserFactory)()
     tab = await listen(owner)
-    job = await new_job(owner, steps=4)
-
+    job = await new_job(owner, steps=steps)
     async with (
-        Emulator(step_seconds=0.05) as emulator,
+        Emulator(step_seconds=step_seconds) as emulator,
         running_bridge(emulator.url, progress_interval=0) as bridge,
     ):
         bridge.wake.set()
         await wait_for_status(job.pk, S.SUCCEEDED)
         fragments = await drain(tab)
+    await tab.disconnect()
+    return fragments
+
+
+async def test_a_tab_sees_every_step_in_order_and_the_finished_card_last():
+    fragments = await fragments_of_a_run(steps=4, step_seconds=0.05)
 
     progress = [n for n, f in enumerate(fragments) if f.startswith('<div class="job-progress"')]
     steps = [int(m.group(1)) for n in progress for m in STEP_LINE.finditer(fragments[n]) if m.group(2) == "4"]
@@ -146,7 +153,6 @@ async def test_a_tab_sees_every_step_in_order_and_the_finished_card_last():
     finished = [n for n, f in enumerate(fragments) if 'data-status="succeeded"' in f]
     assert finished
     assert finished[0] > progress[-1]
-    await tab.disconnect()
 
 
 class SlowLayer:
@@ -450,3 +456,25 @@ async def test_a_job_whose_image_comfyui_no_longer_has_fails_in_words(emulator, 
 
     assert done.status == S.FAILED
     assert "no longer has its output" in done.error
+
+
+BADGE = re.compile(r'class="badge status-(\w+)"')
+CARD_STATUS = re.compile(r'<article class="job-card[^"]*" id="prompt-\d+" data-status="(\w+)"')
+STATUS_ORDER = [S.QUEUED, S.SUBMITTED, S.RUNNING, S.SUCCEEDED]
+
+
+async def test_the_badge_and_data_status_agree_at_every_update_and_never_step_back():
+    """What a tab shows after each fragment: a fragment replaces the elements it holds, so the
+    badge on the page is the last one sent, and data-status is the last card's."""
+    fragments = await fragments_of_a_run(steps=6, step_seconds=0.02)
+
+    shown: list[tuple[str, str]] = []  # (badge, data-status) after each fragment
+    badge = card_status = S.QUEUED
+    for fragment in fragments:
+        badge = (BADGE.findall(fragment) or [badge])[-1]
+        card_status = (CARD_STATUS.findall(fragment) or [card_status])[-1]
+        shown.append((badge, card_status))
+    assert all(badge == card_status for badge, card_status in shown), shown
+    ranks = [STATUS_ORDER.index(badge) for badge, _ in shown]
+    assert ranks == sorted(ranks), shown
+    assert shown[-1] == (S.SUCCEEDED, S.SUCCEEDED)

@@ -241,6 +241,7 @@ async def test_progress_from_a_bridge_process_reaches_the_owners_tab_here_and_no
         tabs[user] = WebsocketCommunicator(JobsConsumer.as_asgi(), "/ws/jobs/")
         tabs[user].scope["user"] = user
         assert (await tabs[user].connect())[0]
+        await tabs[user].receive_from()  # the tab's list, sent on connect
     job = await sync_to_async(PromptFactory)(owner=owner, workflow="txt2img", params={**SMALL, "steps": 6})
     await wake_bridges()
 
