@@ -280,6 +280,9 @@ async def test_queue_deletion_matches_the_recording(emu, http):
     name = "queue_delete"
     await warm_up(emu, http, recorded_prompt_request(name)["prompt"], recorded_cached(name))
     queues = [r["response"]["json"] for r in recorded_requests(name, "GET", "/queue")]
+    # The running job must outlast the eight requests below on a busy machine (at 0.05 s a step
+    # it sometimes ended before the interrupt); the interrupt still lands at its next step.
+    emu.step_seconds = 0.25
     async with Listener(emu.url, "harness-9") as client:
         running = await submit(http, name, "harness-9")
         await client.wait_for(lambda m: m["type"] == "executing" and m["data"]["node"] == "3")
