@@ -71,6 +71,7 @@ async def watched_tab(user) -> AsyncIterator[WebsocketCommunicator]:
     """A signed-in tab's websocket, with the banner watched as a bridge process watches it."""
     tab = communicator_for(user)
     await tab.connect()
+    assert 'id="jobs"' in await tab.receive_from(timeout=5)  # a tab first gets its list of jobs
     watcher = asyncio.create_task(watch_banner(interval=0.05))
     try:
         yield tab
