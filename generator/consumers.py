@@ -71,9 +71,10 @@ class JobsConsumer(AsyncWebsocketConsumer):
         self.group = user_group(user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        # A tab that (re)connects first gets where every unfinished job is now.
-        for html in await database_sync_to_async(unfinished_cards)(user.pk):
-            await self.send(text_data=html)
+        # A tab that (re)connects first gets where every unfinished job it shows is now.
+        snapshot = await database_sync_to_async(unfinished_cards)(user.pk)
+        if snapshot:
+            await self.send(text_data=snapshot)
 
     async def disconnect(self, code: int) -> None:
         if self.counted_user is not None:

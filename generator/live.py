@@ -15,6 +15,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Prefetch
 from django.template.loader import render_to_string
 
 from .models import GeneratedImage, Prompt
@@ -104,10 +105,10 @@ def load_live_states(prompt_ids: list[int]) -> dict[int, LiveState]:
 
 def queue_positions(prompts: list[Prompt]) -> dict[int, int]:
     """1-based place of each queued prompt in the site's queue (jobs handed to ComfyUI count first)."""
-    wanted = {p.pk for p in prompts if p.status == Prompt.Status.QUEUED}
+    wanted = [p for p in prompts if p.status == Prompt.Status.QUEUED]
     if not wanted:
         return {}
-    return {pk: place for pk, place in site_queue().places().items() if pk in wanted}
+    return site_queue().places(wanted)
 
 
 def card_context(
@@ -151,15 +152,39 @@ def render_image(image: GeneratedImage) -> str:
     return render_to_string("generator/partials/image_card.html", context)
 
 
-def unfinished_cards(user_id: int) -> list[str]:
-    """The current state of a user's unfinished jobs, as cards: what a (re)connecting tab needs."""
-    prompts = list(
-        Prompt.objects.filter(owner_id=user_id)
-        .exclude(status__in=Prompt.FINAL_STATUSES)
-        .prefetch_related("images")
-        .order_by("created_at")
+def shown_jobs(user_id: int) -> list[Prompt]:
+    """The jobs whose cards a user's generate page shows: the newest settings.JOB_CARDS, however
+    many they queued (the others are counted, see more_queued_html)."""
+    with_images = Prefetch("images", queryset=GeneratedImage.objects.order_by("node_id", "output_index"))
+    return list(Prompt.objects.filter(owner_id=user_id).prefetch_related(with_images)[: settings.JOB_CARDS])
+
+
+def more_queued_html(user_id: int, shown: list[Prompt]) -> str:
+    """The line under a user's cards counting their queued jobs that have no card there."""
+    return render_to_string(
+        "generator/partials/jobs_more.html", {"more_queued": _more_queued(user_id, shown)}
     )
-    return render_cards(prompts)
+
+
+def _more_queued(user_id: int, shown: list[Prompt]) -> str:
+    # The status filter the partial index prompt_owner_unfinished_turn names, then the one meant.
+    unfinished = Prompt.objects.filter(owner_id=user_id, status__in=Prompt.UNFINISHED_STATUSES)
+    queued = unfinished.filter(status=Prompt.Status.QUEUED).count()
+    more = max(0, queued - sum(p.status == Prompt.Status.QUEUED for p in shown))
+    return f"{more:,}" if more else ""
+
+
+def unfinished_cards(user_id: int) -> str:
+    """What a (re)connecting tab needs, in one message ("" when nothing): the cards of the
+    unfinished jobs its page shows, as they stand now, and the count of the queued ones it does
+    not show. Bounded, however many jobs the user queued."""
+    shown = shown_jobs(user_id)
+    unfinished = [p for p in reversed(shown) if not p.is_final]  # oldest first, as they run
+    more = _more_queued(user_id, shown)
+    if not unfinished and not more:
+        return ""
+    line = render_to_string("generator/partials/jobs_more.html", {"more_queued": more})
+    return "".join([*render_cards(unfinished), line])
 
 
 def render_cards(prompts: list[Prompt]) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Prefetch
 from django.db.models.fields.files import FieldFile
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -16,13 +15,12 @@ from .forms import GenerateForm
 from .history import visible_images
 from .http import AuthenticatedRequest
 from .jobs import note_place_shown
-from .live import queue_positions, render_card, render_cards
+from .live import more_queued_html, queue_positions, render_card, render_cards, shown_jobs
 from .models import GeneratedImage, Prompt
 from .parsing import parse_id
 from .submissions import cancel_job, start_job, wake_bridge
 from .workflows import DEFAULT_WORKFLOW, Workflow, WorkflowError, all_workflows, get_workflow
 
-RECENT_JOBS = 20
 REFINE_WORKFLOW = "img2img"
 
 
@@ -89,15 +87,12 @@ def _initial_from_history(request: AuthenticatedRequest) -> tuple[str, dict[str,
 def home(request: AuthenticatedRequest) -> HttpResponse:
     default, initial = _initial_from_history(request)
     workflow = _workflow_from(request, default)
-    prompts = list(
-        Prompt.objects.filter(owner=request.user).prefetch_related(
-            Prefetch("images", queryset=GeneratedImage.objects.order_by("node_id", "output_index"))
-        )[:RECENT_JOBS]
-    )
+    prompts = shown_jobs(request.user.pk)
     cards = render_cards(prompts)
+    more_queued = more_queued_html(request.user.pk, prompts)
     catalog = backends.node_catalog()
     context = _form_context(request, workflow, catalog, _form(request, workflow, catalog, initial=initial))
-    return render(request, "generator/home.html", {**context, "cards": cards})
+    return render(request, "generator/home.html", {**context, "cards": cards, "more_queued": more_queued})
 
 
 @require_GET

@@ -67,3 +67,19 @@ async def test_events_reach_the_owners_tabs_and_no_one_elses(user, other_user):
     assert await theirs.receive_nothing(timeout=0.2)
     await mine.disconnect()
     await theirs.disconnect()
+
+
+async def test_a_tab_of_a_user_with_a_long_queue_is_sent_their_newest_cards_and_a_count(user, settings):
+    settings.JOB_CARDS = 5
+    jobs = [await sync_to_async(PromptFactory)(owner=user) for _ in range(12)]
+    communicator = communicator_for(user)
+
+    await communicator.connect()
+    snapshot = await communicator.receive_from()
+
+    assert snapshot.count("<article") == 5
+    assert all(f'id="prompt-{job.pk}"' in snapshot for job in jobs[-5:])  # the newest
+    assert f'id="prompt-{jobs[0].pk}"' not in snapshot
+    assert "and 7 more queued" in snapshot
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()
