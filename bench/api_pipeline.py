@@ -76,10 +76,12 @@ from django.core.management import call_command  # noqa: E402
 
 from bench.common import (  # noqa: E402
     EmulatorProcess,
+    cpu_per_job_by_thread,
     cpu_seconds,
     direct_job_seconds,
     percentile,
     run_site,
+    thread_cpu_seconds,
 )
 from generator.api.keys import create_key  # noqa: E402
 from generator.comfy.client import ComfyClient  # noqa: E402
@@ -380,6 +382,7 @@ class LoopStalls:
 class Results:
     solo: list[ApiJob] = field(default_factory=list)  # 1a, one at a time
     solo_cpu_ms: float = 0.0
+    solo_by_thread: str = ""
     openai: list[tuple[str, float, float]] = field(default_factory=list)  # 1b: prompt, sent, answered
     openai_cpu_ms: float = 0.0
     direct: list[float] = field(default_factory=list)
@@ -403,9 +406,11 @@ async def measure(args: argparse.Namespace) -> Results:
         for n in range(args.warmup):  # the first requests load code and caches: not counted
             await solo.job(f"warm-up job {n}")
             await solo.openai_image(f"warm-up image {n}")
-        site_cpu = cpu_seconds(site.process.pid)
+        site_cpu, threads_before = cpu_seconds(site.process.pid), thread_cpu_seconds(site.process.pid)
         results.solo = [await solo.job(f"solo job {n}") for n in range(args.jobs)]
         results.solo_cpu_ms = (cpu_seconds(site.process.pid) - site_cpu) / args.jobs * 1000
+        threads_after = thread_cpu_seconds(site.process.pid)
+        results.solo_by_thread = cpu_per_job_by_thread(threads_before, threads_after, args.jobs)
         site_cpu = cpu_seconds(site.process.pid)
         for n in range(args.jobs):
             prompt = f"openai image {n}"
@@ -484,7 +489,8 @@ async def report(args: argparse.Namespace, results: Results) -> None:
         f"    POST → 202 p50 {ms([j.answered - j.started for j in results.solo]):.1f} ms; "
         f"202 → stream's first event p50 {ms(first):.1f} ms\n"
         f"    {phases}; {outside(phases)}\n"
-        f"    site CPU {results.solo_cpu_ms:.1f} ms per job (DEBUG={settings.DEBUG})"
+        f"    site CPU {results.solo_cpu_ms:.1f} ms per job (DEBUG={settings.DEBUG}):"
+        f" {results.solo_by_thread}"
     )
     openai = [answered - sent for _, sent, answered in results.openai]
     overhead = ms(openai) - direct_p50

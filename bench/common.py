@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,36 @@ def cpu_seconds(pid: int) -> float:
     time on a small shared machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> Counter[str]:
+    """CPU time each kind of thread of process `pid` has used so far: its event loop (the main
+    thread), its web threads ("web-…") and the bridge's database threads ("bridge-db…"), which
+    the site names (comfysite.runtime.name_os_thread), and any other."""
+    used = Counter[str]()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            used[_thread_kind(int(task.name) == pid, name)] += seconds
+    return used
+
+
+THREAD_KINDS = ("event loop", "web threads", "bridge database thread", "other threads")
+
+
+def _thread_kind(main: bool, name: str) -> str:
+    if main:
+        return "event loop"
+    if name.startswith("web-"):
+        return "web threads"
+    return "bridge database thread" if name.startswith("bridge-db") else "other threads"
+
+
+def cpu_per_job_by_thread(before: Counter[str], after: Counter[str], jobs: int) -> str:
+    """ "event loop 9.1 ms, web threads 12.0 ms, …" of CPU per job between two readings."""
+    return ", ".join(f"{kind} {(after[kind] - before[kind]) / jobs * 1000:.1f} ms" for kind in THREAD_KINDS)
 
 
 class EmulatorProcess:

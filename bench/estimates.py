@@ -2,8 +2,9 @@
 
 For queues of several lengths (jobs of many users, one running and one waiting in ComfyUI on
 each of two backends, every rate measured), prints p50/p95 time and the queries of:
-- `seconds_to_done` for every queued job (what the bridge's queue-place relay computes, at most
-  once a second), and `moved_queue_places` itself when every line changed;
+- a usual round of the bridge's telling of places and estimates (`moved_queue_places` over the
+  first FRONT_LOOKED_AT queued jobs, at most once a second), and one over the whole queue (no
+  round looks that far: see places_looked_at), each when every line changed;
 - a form post's card (`waiting_state` for one new job), as the view renders it, and the place
   alone, as it was found before there were estimates.
 Uses a throw-away SQLite database, or DATABASE_URL if set.
@@ -32,16 +33,14 @@ import django  # noqa: E402
 django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
-from django.core.cache import cache  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from generator.estimates import Measurement, record_run, seconds_to_done  # noqa: E402
-from generator.jobs import moved_queue_places  # noqa: E402
+from generator.estimates import Measurement, record_run  # noqa: E402
+from generator.jobs import FRONT_LOOKED_AT, moved_queue_places  # noqa: E402
 from generator.live import LiveState, save_live_state, waiting_state  # noqa: E402
 from generator.models import Prompt  # noqa: E402
-from generator.scheduling import site_queue  # noqa: E402
 
 BACKENDS = ["http://gpu-1", "http://gpu-2"]
 PARAMS = {"steps": 20, "width": 512, "height": 512, "seed": 1, "cfg": 7.0}
@@ -65,12 +64,16 @@ def fill(queued: int) -> Prompt:
     return Prompt.objects.filter(status=S.QUEUED).latest("pk")
 
 
-def measure(work: Callable[[], object], rounds: int) -> tuple[float, float, int]:
+def measure(
+    work: Callable[[], object], rounds: int, before: Callable[[], object] = lambda: None
+) -> tuple[float, float, int]:
     times = []
     for _ in range(rounds):
+        before()
         started = time.perf_counter()
         work()
         times.append((time.perf_counter() - started) * 1000)
+    before()
     with CaptureQueriesContext(connection) as queries:
         work()
     return statistics.median(times), statistics.quantiles(times, n=20)[-1], len(queries)
@@ -86,23 +89,18 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     print(f"database: {connection.vendor}")
     print(
-        "queued | estimate every queued job | moved_queue_places, all moved | a new job's place and"
-        " estimate | its place alone (before estimates)"
+        "queued | a round of telling places, all moved | the whole queue told, all moved | a new"
+        " job's place and estimate | its place alone (before estimates)"
     )
     for queued in (int(n) for n in options.queues.split(",")):
         newest = fill(queued)
 
-        def every_place() -> object:
-            queue = site_queue()
-            return seconds_to_done(queue, queue.order)
-
-        def all_moved() -> object:
-            cache.clear()
-            return moved_queue_places()
+        def nothing_told() -> object:
+            return Prompt.objects.update(told_place=None, told_estimate="")
 
         figures = [
-            measure(every_place, options.rounds),
-            measure(all_moved, options.rounds),
+            measure(lambda: moved_queue_places(FRONT_LOOKED_AT), options.rounds, nothing_told),
+            measure(moved_queue_places, options.rounds, nothing_told),
             measure(lambda job=newest: waiting_state([job]), options.rounds),
             measure(lambda job=newest: waiting_state([job], estimate=False), options.rounds),
         ]

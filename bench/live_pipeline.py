@@ -46,6 +46,7 @@ from bench.common import (  # noqa: E402
     EmulatorProcess,
     SiteProcess,
     Tab,
+    cpu_per_job_by_thread,
     cpu_seconds,
     direct_job_seconds,
     percentile,
@@ -53,6 +54,7 @@ from bench.common import (  # noqa: E402
     run_site,
     session_cookie,
     small_job,
+    thread_cpu_seconds,
 )
 from generator.comfy.client import ComfyClient  # noqa: E402
 
@@ -104,12 +106,13 @@ async def latency_and_overhead() -> None:
         solo = await user_tab(site.url, "solo")
         tabs.append(solo)
         overheads, solo_jobs = [], []
-        site_cpu = cpu_seconds(site.process.pid)
+        site_cpu, threads_before = cpu_seconds(site.process.pid), thread_cpu_seconds(site.process.pid)
         for n in range(SOLO_JOBS):
             pk, started = await solo.generate(f"solo job {n}")
             overheads.append(await solo.finished_at(pk) - started)
             solo_jobs.append(pk)
         site_cpu_per_job = (cpu_seconds(site.process.pid) - site_cpu) / SOLO_JOBS * 1000
+        by_thread = cpu_per_job_by_thread(threads_before, thread_cpu_seconds(site.process.pid), SOLO_JOBS)
         direct = await direct_job_seconds(emulator, 30)
         crowd = [await user_tab(site.url, f"user{n}") for n in range(50)]
         tabs += crowd
@@ -135,7 +138,8 @@ async def latency_and_overhead() -> None:
     print(
         f"overhead per job: through the site p50 {site_p50:.1f} ms, straight to the emulator p50 "
         f"{direct_p50:.1f} ms, difference {site_p50 - direct_p50:.1f} ms; "
-        f"the site's process used {site_cpu_per_job:.1f} ms of CPU per job (DEBUG={settings.DEBUG})"
+        f"the site's process used {site_cpu_per_job:.1f} ms of CPU per job (DEBUG={settings.DEBUG}): "
+        f"{by_thread}"
     )
 
 

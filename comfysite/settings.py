@@ -270,6 +270,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 # Request bodies other than uploaded files: room for an image sent base64 in the API's JSON.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES * 4 // 3 + 1024 * 1024
 
+# Cards on the generate page (and refreshed by its websocket): a user's newest jobs; their other
+# queued jobs are counted under them ("and 4,980 more queued"), not rendered.
+JOB_CARDS = int(os.environ.get("JOB_CARDS", "20"))
+
 # Per-user limits for users in no group with a quota (admin: Generator › Quotas). Running counts
 # jobs handed to ComfyUI, so 2 lets one wait behind the running one and the GPU never idles.
 DEFAULT_QUOTA = {

@@ -10,7 +10,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.cache import cache
 
 from .banner import BANNER_GROUP
-from .live import job_list, render_cards, user_group
+from .live import job_list, more_queued_html, render_cards, user_group
 from .models import Prompt
 
 UNAUTHENTICATED = 4401
@@ -57,10 +57,12 @@ def release_socket(user_id: int) -> None:
 NEW_CARD = '<div hx-swap-oob="afterbegin:#jobs">{card}</div>'
 
 
-def current_cards(user_id: int, pks: list[int]) -> dict[int, str]:
-    """The cards of these jobs of the user, as they stand now (anyone else's: none)."""
+def current_cards(user_id: int, pks: list[int], shown: set[int]) -> tuple[dict[int, str], str]:
+    """The cards of these jobs of the user, as they stand now (anyone else's: none), and the
+    line counting the queued jobs still without a card once they join the `shown` ones."""
     prompts = list(Prompt.objects.filter(owner_id=user_id, pk__in=pks).prefetch_related("images"))
-    return {prompt.pk: card for prompt, card in zip(prompts, render_cards(prompts), strict=True)}
+    cards = {prompt.pk: card for prompt, card in zip(prompts, render_cards(prompts), strict=True)}
+    return cards, more_queued_html(user_id, shown | set(cards))
 
 
 class JobsConsumer(AsyncWebsocketConsumer):
@@ -68,7 +70,8 @@ class JobsConsumer(AsyncWebsocketConsumer):
     target on the page: htmx logs an error for a fragment whose element is missing, and the
     update is lost. On connect the tab's whole list is replaced by the list as it stands; a
     new job's card is added to the top; a fragment of a job the tab has no card of (made by
-    the API, or before a reconnect) is sent as the job's current card instead."""
+    the API, or one of the queued jobs counted under the cards) is sent as the job's current
+    card instead, with the count under the cards one less."""
 
     group: str | None = None
     counted_user: int | None = None
@@ -126,10 +129,13 @@ class JobsConsumer(AsyncWebsocketConsumer):
         if missing:
             # Rendered now, so as new as the fragment or newer: the fragment itself is not sent
             # when it was only about jobs the tab had no card of.
-            cards = await database_sync_to_async(current_cards)(self.counted_user or 0, missing)
+            user_id = self.counted_user or 0
+            cards, more = await database_sync_to_async(current_cards)(user_id, missing, self.shown)
             self.shown.update(cards)
             if cards:
-                await self.send(text_data="".join(NEW_CARD.format(card=card) for card in cards.values()))
+                await self.send(
+                    text_data="".join([*(NEW_CARD.format(card=card) for card in cards.values()), more])
+                )
             if len(missing) == len(event["jobs"]):
                 return
         await self.send(text_data=event["html"])

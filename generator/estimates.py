@@ -11,7 +11,7 @@ wrong number.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from .backends import healthy_backends
 from .models import Prompt, StepRate
-from .scheduling import SiteQueue
+from .scheduling import SiteQueue, queued_in_order
 
 # Weight of the newest job in the running averages: a backend that slowed down (a bigger model,
 # another tenant on its GPU) shows within a few jobs, and one odd job moves little.
@@ -200,67 +200,124 @@ class _Row:
     started_at: datetime.datetime | None
 
 
-def seconds_to_done(queue: SiteQueue, wanted: Iterable[int]) -> dict[int, float]:
-    """Seconds until each waiting job of `wanted` (queued, or waiting in ComfyUI) is done: the
+# Only the settings a rate depends on: a job's whole parameters are not read and parsed.
+RATE_FIELDS = ("workflow", "params__width", "params__height", "params__steps")
+# Queued jobs whose own runs are added up one by one for an estimate; a job further back is
+# told these plus the average of their runs for each job between (a wait of hours, in words
+# rounded to ten minutes, does not need every row read).
+ADDED_UP = 100
+
+
+def rate_params(width: Any, height: Any, steps: Any) -> dict[str, Any]:
+    return {"width": width, "height": height, "steps": steps}
+
+
+@dataclass
+class Backlog:
+    """The work ahead of the site's queue: what the jobs handed to ComfyUI have left, and the
+    backends that share the queued jobs. Read in three queries, whatever the queue's length."""
+
+    book: RateBook
+    handed: dict[int, float]  # seconds to done of each job handed to ComfyUI that can be told
+    work: float | None  # seconds of work before the first queued job can start (None: unknown)
+    backends: int
+
+    @classmethod
+    def load(cls) -> Backlog | None:
+        """None when nothing was ever measured: no estimate, and no more queries to learn it."""
+        book = RateBook.load()
+        if not book.rates:
+            return None
+        rows = [
+            _Row(pk, workflow, rate_params(width, height, steps), status, backend, started)
+            for pk, workflow, width, height, steps, status, backend, started in Prompt.objects.filter(
+                status__in=Prompt.ON_BACKEND_STATUSES
+            )
+            .order_by("created_at", "pk")
+            .values_list("pk", *RATE_FIELDS, "status", "backend", "started_at")
+        ]
+        handed: dict[int, float] = {}
+        # Each backend's work: what its running job has left, then the jobs waiting inside it.
+        work: dict[str, float | None] = {}
+        for row, seconds in _handed_jobs_left(rows, book):
+            before = work.get(row.backend, 0.0)
+            total = None if before is None or seconds is None else before + seconds
+            work[row.backend] = total
+            if total is not None:
+                handed[row.pk] = total
+        known = [seconds for seconds in work.values() if seconds is not None]
+        ahead = sum(known) if len(known) == len(work) else None
+        return cls(book, handed, ahead, max(1, len(healthy_backends(HEALTHY_FRESH_SECONDS))))
+
+    def along(self, queued: Iterable[tuple[int, str, Any, Any, Any]]) -> Iterator[tuple[int, float, float]]:
+        """For queued jobs from the front, in the fair order (pk and RATE_FIELDS): each one's
+        seconds to done and its own run's. Stops at a job whose run was never measured: every
+        job behind it waits for it too."""
+        if self.work is None:
+            return
+        ahead = self.work
+        for pk, workflow, width, height, steps in queued:
+            params = rate_params(width, height, steps)
+            rate = self.book.rate(workflow, params)
+            if rate is None:
+                return
+            own = rate.job_seconds(job_steps(params))
+            yield pk, ahead / self.backends + own, own
+            ahead += own
+
+
+def seconds_to_done(
+    queue: SiteQueue, jobs: Sequence[Prompt], places: dict[int, int] | None = None
+) -> dict[int, float]:
+    """Seconds until each waiting job of `jobs` (queued, or waiting in ComfyUI) is done: the
     work ahead of it in the fair order, shared by the backends that take jobs, and its own run.
-    A job missing from the answer has no estimate (something it waits for was never measured)."""
-    wanted = set(wanted)
-    book = RateBook.load() if wanted else RateBook()
-    if not book.rates:  # nothing measured yet: no estimate, and no more queries to find that out
+    `places`: the queued jobs' places, if known already. A job missing from the answer has no
+    estimate (something it waits for was never measured)."""
+    backlog = Backlog.load() if jobs else None
+    if backlog is None:
         return {}
-    rows = {
-        pk: _Row(pk, workflow, {"width": width, "height": height, "steps": steps}, status, backend, started)
-        # Only the settings a rate depends on: a job's whole parameters are not read and parsed.
-        for pk, workflow, width, height, steps, status, backend, started in Prompt.objects.filter(
-            status__in=[S.QUEUED, *Prompt.ON_BACKEND_STATUSES]
-        )
-        .order_by("created_at", "pk")
-        .values_list(
-            "pk",
-            "workflow",
-            "params__width",
-            "params__height",
-            "params__steps",
-            "status",
-            "backend",
-            "started_at",
-        )
-    }
-    estimates: dict[int, float] = {}
-    # Each backend's work: what its running job has left, then the jobs waiting inside it.
-    work: dict[str, float | None] = {}
-    for row, seconds in _handed_jobs_left(rows, book):
-        before = work.get(row.backend, 0.0)
-        total = None if before is None or seconds is None else before + seconds
-        work[row.backend] = total
-        if total is not None and row.pk in wanted:
-            estimates[row.pk] = total
-    if any(seconds is None for seconds in work.values()):
+    estimates = {job.pk: backlog.handed[job.pk] for job in jobs if job.pk in backlog.handed}
+    places = queue.places(jobs) if places is None else places
+    if not places:
         return estimates
-    backends = max(1, len(healthy_backends(HEALTHY_FRESH_SECONDS)))
-    ahead = sum(seconds for seconds in work.values() if seconds is not None)
-    for pk in queue.order:
-        waiting = rows.get(pk)
-        rate = book.rate(waiting.workflow, waiting.params) if waiting else None
-        if waiting is None or rate is None:
-            break  # every job behind it waits for this one too
-        own = rate.job_seconds(job_steps(waiting.params))
-        if pk in wanted:
-            estimates[pk] = ahead / backends + own
-        ahead += own
+    # How many queued jobs go before each: its place, less the jobs waiting in ComfyUI.
+    ahead = {pk: place - queue.waiting_in_comfy - 1 for pk, place in places.items()}
+    front = queued_in_order().values_list("pk", *RATE_FIELDS)[: min(max(ahead.values()) + 1, ADDED_UP)]
+    added_up = {pk: (seconds, own) for pk, seconds, own in backlog.along(front)}
+    estimates.update({pk: added_up[pk][0] for pk in ahead if pk in added_up})
+    further_back = {job.pk: job for job in jobs if ahead.get(job.pk, -1) >= ADDED_UP}
+    if further_back and len(added_up) == ADDED_UP:
+        estimates.update(_told_from_the_front(backlog, list(added_up.values()), further_back, ahead))
     return estimates
 
 
-def _handed_jobs_left(rows: dict[int, _Row], book: RateBook) -> list[tuple[_Row, float | None]]:
+def _told_from_the_front(
+    backlog: Backlog, front: list[tuple[float, float]], jobs: dict[int, Prompt], ahead: dict[int, int]
+) -> dict[int, float]:
+    """Jobs behind the ADDED_UP at the front: the last of those, then the average run of them
+    for each job between, then the job's own run."""
+    last_done, last_own = front[-1]
+    average = sum(own for _, own in front) / len(front)
+    estimates = {}
+    for pk, job in jobs.items():
+        rate = backlog.book.rate(job.workflow, job.params)
+        if rate is not None:
+            between = ahead[pk] - len(front)
+            last_started = last_done - last_own  # its wait: the work ahead of it, shared
+            waited = last_started + (last_own + between * average) / backlog.backends
+            estimates[pk] = waited + rate.job_seconds(job_steps(job.params))
+    return estimates
+
+
+def _handed_jobs_left(rows: list[_Row], book: RateBook) -> list[tuple[_Row, float | None]]:
     """Jobs handed to ComfyUI, oldest first, with the seconds each has left (None: unknown).
     A running job's comes from the bridge's last word (its steps left), kept with its live state."""
     from .live import load_live_states  # here: live imports this module to render estimates
 
-    handed = [row for row in rows.values() if row.status != S.QUEUED]
-    lives = load_live_states([row.pk for row in handed if row.status == S.RUNNING])
+    lives = load_live_states([row.pk for row in rows if row.status == S.RUNNING])
     now = timezone.now()
     found: list[tuple[_Row, float | None]] = []
-    for row in handed:
+    for row in rows:
         rate = book.rate(row.workflow, row.params, row.backend)
         live = lives.get(row.pk)
         if rate is None:

@@ -15,15 +15,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .estimates import about, seconds_to_done
+from .estimates import RATE_FIELDS, Backlog, about
 from .live import (
-    LIVE_TTL_SECONDS,
     LiveState,
     Relay,
     queue_event,
@@ -35,7 +33,7 @@ from .live import (
 )
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
-from .scheduling import SiteQueue, site_queue
+from .scheduling import SiteQueue, front_turn, queued_in_order, site_queue
 from .workflows import WorkflowError, get_workflow
 
 logger = logging.getLogger(__name__)
@@ -100,16 +98,15 @@ def claim_next_job(
     """Move the next queued prompt to `submitted` on this backend; return what to send.
     `queue`: the site's queue if just read.
 
+    The next prompt is the first in the fair order whose owner is below their running limit,
+    read from the head of the queue's index: the same few queries however long the queue.
     The row gets its ComfyUI prompt id before anything is sent, so a crash between the POST
     and our next write is found again by reconciliation.
     """
     queue = queue or site_queue()
-    order = queue.order[:CANDIDATES]
-    found = Prompt.objects.in_bulk(order)
-    blocked_owners = users_at_running_limit(queue.on_backend) if order else set()
-    for prompt in (found[pk] for pk in order if pk in found):
-        if prompt.owner_id in blocked_owners:
-            continue
+    blocked_owners = users_at_running_limit(queue.on_backend)
+    candidates = list(queued_in_order().exclude(owner_id__in=blocked_owners)[:CANDIDATES])
+    for index, prompt in enumerate(candidates):
         try:
             workflow = get_workflow(prompt.workflow)
         except WorkflowError as error:
@@ -119,7 +116,7 @@ def claim_next_job(
             continue
         values = {**prompt.params, "prompt": prompt.positive_text, "negative_prompt": prompt.negative_text}
         graph = workflow.fill(values, filename_prefix=f"comfysite/job{prompt.pk}")
-        others_waiting = len(queue.order) > 1
+        others_waiting = index + 1 < len(candidates)
         image_parameter = workflow.parameters.get("image")
         if image_parameter is None or not prompt.source_image:
             return Submission(_job(prompt), graph, others_waiting=others_waiting)
@@ -206,7 +203,10 @@ def requeue_or_fail(pk: int, reason: str) -> str:
     elif prompt.submit_attempts >= MAX_SUBMIT_ATTEMPTS:
         _try_transition(prompt, S.FAILED, error=reason)
     else:
-        _try_transition(prompt, S.QUEUED)
+        # Ahead of every queued job: it had its turn already.
+        first = front_turn()
+        turn = prompt.turn if first is None else min(prompt.turn, first - 1)
+        _try_transition(prompt, S.QUEUED, turn=turn)
     return prompt.status
 
 
@@ -314,45 +314,58 @@ def _card(prompt: Prompt, live: LiveState | None) -> Relay:
     return Relay(prompt.owner_id, html, (status_event(prompt, position),))
 
 
-def moved_queue_places() -> list[Relay]:
+def moved_queue_places(looked_at: int | None = None) -> list[Relay]:
     """When the queue moves: for each user with a queued job whose place or estimate changed
     since it was last told, one message with the status line of each such job.
 
-    The places and estimates last told are kept in the cache, so that every bridge, in this
-    process or another, tells each change once; and a user's lines travel together, not one
-    per job. An estimate is told as its words ("about 40 s"): a change that does not change
-    the words is no message.
+    Looks at the first `looked_at` queued jobs (all of them when None), in one read of the
+    queue's index: the bridge looks far back only now and then (see places_looked_at). The
+    places and estimates last told are kept on the jobs' rows, so that every bridge, in this
+    process or another, tells each change once, and nothing forgets them; a user's lines travel
+    together, not one per job. An estimate is told as its words ("about 40 s"): a change that
+    does not change the words is no message.
     """
     queue = site_queue()
-    places = queue.places()
-    if not places:
-        return []
-    estimates = seconds_to_done(queue, places)
-    shown = {pk: (place, about(estimates.get(pk))) for pk, place in places.items()}
-    told = cache.get_many([place_key(pk) for pk in places])
-    moved = {pk: now for pk, now in shown.items() if worth_telling_line(told.get(place_key(pk)), now)}
-    cache.set_many({place_key(pk): list(line) for pk, line in moved.items()}, LIVE_TTL_SECONDS)
-    prompts = Prompt.objects.filter(pk__in=moved, status=S.QUEUED).only(
-        "pk", "owner_id", "status", "cancel_requested_at"
+    backlog = Backlog.load()
+    in_order = queued_in_order().values_list(
+        "pk", "owner_id", "told_place", "told_estimate", "cancel_requested_at", *RATE_FIELDS
     )
+    rows = list(in_order if looked_at is None else in_order[:looked_at])
+    along = backlog.along(row[:1] + row[5:] for row in rows) if backlog else ()
+    estimates = {pk: done for pk, done, _ in along}
     lines: dict[int, list[str]] = {}
     events: dict[int, list[dict[str, Any]]] = {}
-    for prompt in prompts:
-        place = places[prompt.pk]
-        line = render_progress(
-            prompt, live=LiveState(), position=place, seconds_left=estimates.get(prompt.pk)
-        )
-        lines.setdefault(prompt.owner_id, []).append(line)
-        events.setdefault(prompt.owner_id, []).append(queue_event(prompt.pk, place))
+    told: list[Prompt] = []
+    for place, (pk, owner_id, told_place, told_estimate, cancel_requested_at, *_) in enumerate(
+        rows, queue.waiting_in_comfy + 1
+    ):
+        words = about(estimates.get(pk))
+        if not worth_telling(told_place, place) and words == told_estimate:
+            continue
+        prompt = Prompt(pk=pk, owner_id=owner_id, status=S.QUEUED, cancel_requested_at=cancel_requested_at)
+        line = render_progress(prompt, live=LiveState(), position=place, seconds_left=estimates.get(pk))
+        lines.setdefault(owner_id, []).append(line)
+        events.setdefault(owner_id, []).append(queue_event(pk, place))
+        told.append(Prompt(pk=pk, told_place=place, told_estimate=words))
+    Prompt.objects.bulk_update(told, ["told_place", "told_estimate"], batch_size=500)
     return [Relay(owner_id, "".join(html), tuple(events[owner_id])) for owner_id, html in lines.items()]
 
 
-def worth_telling_line(told: Any, shown: tuple[int, str]) -> bool:
-    """Whether a queued job's line changed enough to tell: its place (see worth_telling), or
-    the words of its estimate. `told`: what the cache kept, [place, words]."""
-    told_place, told_words = told if isinstance(told, list) and len(told) == 2 else (None, None)
-    place, words = shown
-    return worth_telling(told_place, place) or words != told_words
+FRONT_LOOKED_AT = 40  # queued jobs looked at in every round of telling places
+
+
+def places_looked_at(round_number: int) -> int:
+    """How far back round `round_number` (1, 2, 3...) of a bridge's telling of places looks:
+    the first 40 jobs every round, 80 every second round, 160 every fourth, and so on. Far back
+    only a move of a tenth of the place is told (worth_telling), which takes that many moves: a
+    round reads about 40 rows per doubling of the queue, not every row, and the back of the
+    queue is still told about each tenth of its way. What was told is kept on the rows, so a
+    bridge that starts again goes on where the last one stopped."""
+    depth = FRONT_LOOKED_AT
+    while round_number > 0 and round_number % 2 == 0:
+        round_number //= 2
+        depth *= 2
+    return depth
 
 
 EVERY_PLACE_FROM = 20  # nearer the front than this, every move is told
@@ -366,12 +379,10 @@ def worth_telling(told: int | None, place: int | None) -> bool:
     return abs(told - place) >= told // 10
 
 
-def place_key(prompt_id: int) -> str:
-    return f"job-place:{prompt_id}"
-
-
 def note_place_shown(prompt_id: int, place: int, estimate: str = "") -> None:
-    """The place (and estimate, in words) the card of a job just posted shows: the queue's
-    next move tells only a change. Added, not set: a bridge may have told a newer place since
-    the card was rendered."""
-    cache.add(place_key(prompt_id), [place, estimate], LIVE_TTL_SECONDS)
+    """The place (and estimate, in words) the card of a job just posted shows: the queue's next
+    move tells only a change. Only if none was told yet: a bridge may have told a newer place
+    since the card was rendered."""
+    Prompt.objects.filter(pk=prompt_id, told_place__isnull=True).update(
+        told_place=place, told_estimate=estimate
+    )

@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 LIVE_TTL_SECONDS = 3600
 BRIDGE_GROUP = "comfy-bridge"
-RECENT_JOBS = 20  # cards on the generate page
 
 
 def user_group(user_id: int) -> str:
@@ -147,12 +146,12 @@ WAITING_STATUSES = frozenset({Prompt.Status.QUEUED, Prompt.Status.SUBMITTED})
 def waiting_state(prompts: list[Prompt], *, estimate: bool = True) -> tuple[dict[int, int], dict[int, float]]:
     """Of the waiting prompts: their place in the site's queue (queued ones), and the seconds
     until each is done where that can be estimated (see generator.estimates)."""
-    waiting = {p.pk for p in prompts if p.status in WAITING_STATUSES}
+    waiting = [p for p in prompts if p.status in WAITING_STATUSES]
     if not waiting:
         return {}, {}
     queue = site_queue()
-    places = {pk: place for pk, place in queue.places().items() if pk in waiting}
-    return places, seconds_to_done(queue, waiting) if estimate else {}
+    places = queue.places(waiting)
+    return places, seconds_to_done(queue, waiting, places) if estimate else {}
 
 
 def card_context(
@@ -220,22 +219,39 @@ def render_image(image: GeneratedImage) -> str:
 
 
 def listed_jobs(user_id: int) -> list[Prompt]:
-    """The jobs on a user's generate page, newest first: the latest, and every unfinished one
-    (however old), since its updates must have a card to go to."""
+    """The jobs whose cards a user's generate page shows, newest first: the newest
+    settings.JOB_CARDS, then any older one handed to ComfyUI (the one running is what they
+    watch). Bounded, however many they queued: the other queued ones are counted (jobs_more)."""
     with_images = Prefetch("images", queryset=GeneratedImage.objects.order_by("node_id", "output_index"))
     mine = Prompt.objects.filter(owner_id=user_id).prefetch_related(with_images)
-    recent = list(mine[:RECENT_JOBS])
+    recent = list(mine[: settings.JOB_CARDS])
     shown = {p.pk for p in recent}
-    older_unfinished = mine.exclude(status__in=Prompt.FINAL_STATUSES).exclude(pk__in=shown)
-    return recent + list(older_unfinished)
+    older_handed = mine.filter(status__in=Prompt.ON_BACKEND_STATUSES).exclude(pk__in=shown)
+    return recent + list(older_handed)
 
 
 def job_list(user_id: int) -> tuple[str, set[int]]:
-    """The list of a user's job cards as they stand now, and which jobs it shows: what a tab's
-    socket sends when it (re)connects, in place of the list the page was rendered with."""
+    """The list of a user's job cards as they stand now, and which jobs it shows: what the page
+    renders, and what a tab's socket sends when it (re)connects in place of the list the page
+    was rendered with."""
     prompts = listed_jobs(user_id)
-    html = render_to_string("generator/partials/job_list.html", {"cards": render_cards(prompts)})
-    return html, {p.pk for p in prompts}
+    context = {"cards": render_cards(prompts), "more_queued": more_queued(user_id, {p.pk for p in prompts})}
+    return render_to_string("generator/partials/job_list.html", context), {p.pk for p in prompts}
+
+
+def more_queued(user_id: int, shown: set[int]) -> str:
+    """How many of the user's queued jobs have no card among `shown`, as the line under the
+    cards says it ("4,980"; "" for none)."""
+    # The status filter the partial index prompt_owner_unfinished_turn names, then the one meant.
+    unfinished = Prompt.objects.filter(owner_id=user_id, status__in=Prompt.UNFINISHED_STATUSES)
+    queued = unfinished.filter(status=Prompt.Status.QUEUED)
+    more = queued.count() - queued.filter(pk__in=shown).count() if shown else queued.count()
+    return f"{more:,}" if more else ""
+
+
+def more_queued_html(user_id: int, shown: set[int]) -> str:
+    """The line under a tab's cards, swapped in by its id when the cards the tab shows change."""
+    return render_to_string("generator/partials/jobs_more.html", {"more_queued": more_queued(user_id, shown)})
 
 
 def render_cards(prompts: list[Prompt]) -> list[str]:

@@ -163,6 +163,9 @@ class Prompt(models.Model):
     FINAL_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
     # Handed to a backend: waiting in ComfyUI's queue or running there.
     ON_BACKEND_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.SUBMITTED, Status.RUNNING})
+    # Queued or handed to a backend, as a list: the partial index below names it, and a query
+    # uses that index only when it filters with the very same terms.
+    UNFINISHED_STATUSES: ClassVar[list[str]] = [Status.QUEUED, Status.SUBMITTED, Status.RUNNING]
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompts")
     workflow = models.CharField(max_length=100)
@@ -192,6 +195,14 @@ class Prompt(models.Model):
     # again instead of a second one. `request_digest` tells a replay from a different request.
     idempotency_key = models.CharField(max_length=255, blank=True, editable=False)
     request_digest = models.CharField(max_length=64, blank=True, editable=False)
+    # The job's round in the fair queue (see generator.scheduling): queued jobs go to ComfyUI
+    # by (turn, created_at, id). Set when the job is queued.
+    turn = models.IntegerField(default=0, editable=False)
+    # The queue place its owner's tabs were last told (None: never): each move is told once,
+    # by whichever bridge sees it first (see generator.jobs.moved_queue_places).
+    told_place = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    # With it, the estimate in the words its tabs were last told ("about 40 s"; "": none).
+    told_estimate = models.CharField(max_length=40, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -203,6 +214,20 @@ class Prompt(models.Model):
                 fields=["owner", "status", "-created_at", "-id"], name="prompt_owner_status_created"
             ),
             models.Index(fields=["status", "created_at"], name="prompt_status_created"),
+            # The fair order itself: the next job, and a job's place, read from its first rows.
+            # `status` leads so SQLite, which has no statistics, prefers it to
+            # prompt_status_created (it did, and sorted the whole queue at each claim).
+            models.Index(
+                fields=["status", "turn", "created_at", "id"],
+                condition=models.Q(status="queued"),
+                name="prompt_queue_order",
+            ),
+            # A user's last turn, when they queue another job.
+            models.Index(
+                fields=["owner", "turn"],
+                condition=models.Q(status__in=["queued", "submitted", "running"]),
+                name="prompt_owner_unfinished_turn",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -215,6 +240,13 @@ class Prompt(models.Model):
     def __str__(self) -> str:
         text = self.positive_text if len(self.positive_text) <= 60 else self.positive_text[:57] + "…"
         return f"#{self.pk} {text or self.workflow} ({self.status})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self._state.adding and self.status == self.Status.QUEUED and self.owner_id is not None:
+            from .scheduling import next_turn  # scheduling reads this model
+
+            self.turn = next_turn(self.owner_id)
+        super().save(*args, **kwargs)
 
     @property
     def is_final(self) -> bool:
@@ -238,7 +270,14 @@ class Prompt(models.Model):
         if status == self.Status.RUNNING and self.started_at is None:
             fields["started_at"] = now
         if status == self.Status.QUEUED:
-            fields.update(comfy_prompt_id=None, backend="", progress=0.0, started_at=None)
+            fields.update(
+                comfy_prompt_id=None,
+                backend="",
+                progress=0.0,
+                started_at=None,
+                told_place=None,
+                told_estimate="",
+            )
         if status in self.FINAL_STATUSES:
             fields["finished_at"] = now
             if status == self.Status.SUCCEEDED:

@@ -36,8 +36,7 @@ def limits_for(user: Any) -> Limits:
         return Limits(**{name: defaults.get(name) for name in LIMITS})
     values = {}
     for name in LIMITS:
-        found = [getattr(q, name) for q in quotas]
-        values[name] = None if None in found else max(found)
+        values[name] = _most_generous([getattr(q, name) for q in quotas])
     return Limits(**values)
 
 
@@ -84,12 +83,32 @@ def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
 
 def users_at_running_limit(on_gpu: Counter[int]) -> set[int]:
     """Owners whose jobs may not go to a GPU now because enough of theirs are there already
-    (`on_gpu`: owner id → jobs handed to ComfyUI)."""
+    (`on_gpu`: owner id → jobs handed to ComfyUI). One query, however many owners: each
+    owner's groups' running limits (as limits_for decides them), read together."""
     if not on_gpu:
         return set()
+    rows = (
+        get_user_model()
+        .objects.filter(pk__in=on_gpu)
+        .values_list("pk", "is_staff", "groups__quota__pk", "groups__quota__max_running")
+    )
+    staff: set[int] = set()
+    quota_limits: dict[int, list[int | None]] = {}
+    for user_id, is_staff, quota_id, max_running in rows:
+        if is_staff:
+            staff.add(user_id)
+        quota_limits.setdefault(user_id, [])
+        if quota_id is not None:
+            quota_limits[user_id].append(max_running)
     blocked = set()
-    for user in get_user_model().objects.filter(pk__in=on_gpu):
-        limit = limits_for(user).max_running
-        if limit is not None and on_gpu[user.pk] >= limit:
-            blocked.add(user.pk)
+    for user_id, found in quota_limits.items():
+        if user_id in staff:
+            continue
+        limit = settings.DEFAULT_QUOTA.get("max_running") if not found else _most_generous(found)
+        if limit is not None and on_gpu[user_id] >= limit:
+            blocked.add(user_id)
     return blocked
+
+
+def _most_generous(found: list[int | None]) -> int | None:
+    return None if None in found else max(v for v in found if v is not None)

@@ -19,7 +19,7 @@ from .forms import GenerateForm
 from .history import visible_images
 from .http import AuthenticatedRequest
 from .jobs import note_place_shown
-from .live import listed_jobs, new_card_relay, render_card, render_cards, send_relay, waiting_state
+from .live import job_list, new_card_relay, render_card, render_cards, send_relay, waiting_state
 from .models import GeneratedImage, Prompt
 from .parsing import parse_id
 from .submissions import cancel_job, start_job, wake_bridge
@@ -91,10 +91,10 @@ def _initial_from_history(request: AuthenticatedRequest) -> tuple[str, dict[str,
 def home(request: AuthenticatedRequest) -> HttpResponse:
     default, initial = _initial_from_history(request)
     workflow = _workflow_from(request, default)
-    cards = render_cards(listed_jobs(request.user.pk))
+    jobs, _ = job_list(request.user.pk)
     catalog = backends.node_catalog()
     context = _form_context(request, workflow, catalog, _form(request, workflow, catalog, initial=initial))
-    return render(request, "generator/home.html", {**context, "cards": cards})
+    return render(request, "generator/home.html", {**context, "jobs": jobs})
 
 
 @require_GET

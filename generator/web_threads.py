@@ -32,6 +32,8 @@ from django.http.response import HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, resolve
 
+from comfysite.runtime import name_os_thread
+
 
 class SharedThreadsASGIHandler(ASGIHandler):
     def __init__(self, threads: int) -> None:
@@ -42,7 +44,8 @@ class SharedThreadsASGIHandler(ASGIHandler):
         self.load_middleware(is_async=False)
         # One call at a time per thread, as a thread-sensitive context requires.
         self.executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}") for n in range(threads)
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"web-{n}", initializer=name_os_thread)
+            for n in range(threads)
         ]
         self._next_executor = itertools.cycle(self.executors)
         self.async_views = AsyncViewsASGIHandler()

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import time
@@ -37,6 +38,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from comfysite.runtime import name_os_thread
 from generator import backends, estimates, jobs
 from generator.live import (
     BRIDGE_GROUP,
@@ -213,6 +215,7 @@ class Bridge:
         self._outbox_filled = asyncio.Event()
         self._sending = asyncio.Lock()  # one sender at a time keeps a user's fragments in order
         self.positions_moved = asyncio.Event()
+        self._place_rounds = itertools.count(1)  # rounds of telling places (see jobs.places_looked_at)
         # Shared by the bridges of a process: the queue and the places last told are the site's,
         # and two bridges working them out at once both told each move.
         self.places_lock = places_lock or asyncio.Lock()
@@ -245,7 +248,9 @@ class Bridge:
         The bridge's database work runs on a thread (and connection) of its own, so it never
         waits behind the web views' work on the thread Django's async views share.
         """
-        database_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-db")
+        database_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="bridge-db", initializer=name_os_thread
+        )
         try:
             async with ThreadSensitiveContext(executor=database_thread):
                 try:
@@ -518,8 +523,6 @@ class Bridge:
 
     def _claim_next_job(self) -> jobs.Submission | None:
         queue = site_queue()
-        if not queue.order:  # the usual answer once the queue is empty: one query
-            return None
         peers, load = self._healthy_backends(), queue.per_backend
         if not backends.has_least_work(self.url, depth=self.settings.depth, peers=peers, load=load):
             return None  # another backend with room has less to do: it takes the next job
@@ -947,7 +950,8 @@ class Bridge:
             self.positions_moved.clear()
             try:
                 async with self.places_lock:
-                    changed = await db(jobs.moved_queue_places)()
+                    looked_at = jobs.places_looked_at(next(self._place_rounds))
+                    changed = await db(jobs.moved_queue_places)(looked_at)
             except Exception:
                 logger.exception("Bridge %s: queue places not sent", self.url)
             else:

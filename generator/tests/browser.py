@@ -52,7 +52,6 @@ def running_site(tmp_path: Path, extra_env: dict[str, str] | None = None, seed: 
 
     `seed` is Python run in the site's environment (`manage.py shell -c`) before it starts.
     """
-    port = free_port()
     env = {
         **os.environ,
         "COMFYSITE_VAR_DIR": str(tmp_path / "var"),
@@ -65,25 +64,40 @@ def running_site(tmp_path: Path, extra_env: dict[str, str] | None = None, seed: 
     if seed:
         subprocess.run([*manage, "shell", "-c", seed], env=env, check=True, cwd=BASE_DIR)
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [*manage, "serve", "--port", str(port)], env=env, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
+    # The port is free when chosen, but the site's own demo ComfyUI binds a port the system
+    # picks as it starts, and that can be this one (seen: the login page answered 404 by the
+    # emulator, then the site gone): a site that does not come up is started on another port.
+    for attempt in range(3):
+        port = free_port()
+        command = [*manage, "serve", "--port", str(port)]
+        server = subprocess.Popen(command, env=env, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        if _came_up(url, server) or attempt == 2:
+            break
+        server.terminate()
+        server.wait(timeout=10)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/accounts/login/", timeout=1)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((tmp_path / "server.log").read_text()) from None
-                time.sleep(0.2)
+        if server.poll() is not None:
+            raise RuntimeError((tmp_path / "server.log").read_text())
         yield url
     finally:
         server.terminate()
         server.wait(timeout=10)
         log.close()
+
+
+def _came_up(url: str, server: subprocess.Popen) -> bool:
+    """Whether the site answers its login page within 30 s (False: it stopped, or something
+    else answers there)."""
+    deadline = time.monotonic() + 30
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/accounts/login/", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def screenshot(page, name: str) -> Path:

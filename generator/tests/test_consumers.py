@@ -134,3 +134,25 @@ async def test_no_card_of_someone_elses_job_is_sent_whatever_reaches_the_group(u
 
     assert await tab.receive_nothing(timeout=0.2)
     await tab.disconnect()
+
+
+async def test_a_tab_of_a_user_with_a_long_queue_is_sent_their_newest_cards_and_a_count(user, settings):
+    settings.JOB_CARDS = 5
+    jobs = [await sync_to_async(PromptFactory)(owner=user) for _ in range(12)]
+    communicator = communicator_for(user)
+
+    await communicator.connect()
+    snapshot = await communicator.receive_from()
+
+    assert snapshot.count("<article") == 5
+    assert all(f'id="prompt-{job.pk}"' in snapshot for job in jobs[-5:])  # the newest
+    assert f'id="prompt-{jobs[0].pk}"' not in snapshot
+    assert "and 7 more queued" in snapshot
+    assert await communicator.receive_nothing(timeout=0.2)
+
+    # The queue moves: the oldest job's place is told. It gets its card, and one fewer is counted.
+    await get_channel_layer().group_send(user_group(user.pk), step_fragment(jobs[0], 1))
+    added = await communicator.receive_from()
+    assert f'id="prompt-{jobs[0].pk}"' in added
+    assert "and 6 more queued" in added
+    await communicator.disconnect()

@@ -81,11 +81,26 @@ def test_a_queued_job_waits_for_the_work_ahead_of_it_in_the_fair_order(db):
     waiting_in_comfy = PromptFactory(params=PARAMS, status=S.SUBMITTED, backend="http://gpu")
     first, second = PromptFactory(params=PARAMS), PromptFactory(params=PARAMS)
 
-    estimates = seconds_to_done(site_queue(), [waiting_in_comfy.pk, first.pk, second.pk])
+    estimates = seconds_to_done(site_queue(), [waiting_in_comfy, first, second])
 
     assert estimates[waiting_in_comfy.pk] == pytest.approx(10 + 23)
     assert estimates[first.pk] == pytest.approx(10 + 23 + 23)
     assert estimates[second.pk] == pytest.approx(10 + 23 + 23 + 23)
+
+
+def test_a_job_far_back_is_estimated_from_the_front_of_the_queue_without_reading_all_of_it(db, monkeypatch):
+    monkeypatch.setattr("generator.estimates.ADDED_UP", 3)
+    measured()
+    running = PromptFactory(params=PARAMS, status=S.RUNNING, backend="http://gpu")
+    save_live_state(running.pk, LiveState(seconds_left=10.0))
+    queued = [PromptFactory(params=PARAMS) for _ in range(6)]
+    big = PromptFactory(params={**PARAMS, "steps": 40})  # 43 s of its own
+
+    estimates = seconds_to_done(site_queue(), [queued[1], queued[5], big])
+
+    assert estimates[queued[1].pk] == pytest.approx(10 + 2 * 23)  # added up, job by job
+    assert estimates[queued[5].pk] == pytest.approx(10 + 6 * 23)  # the front's 3, then their average
+    assert estimates[big.pk] == pytest.approx(10 + 6 * 23 + 43)
 
 
 def test_nothing_is_said_of_a_job_whose_wait_was_never_measured(db):
@@ -93,7 +108,7 @@ def test_nothing_is_said_of_a_job_whose_wait_was_never_measured(db):
     unmeasured_size = PromptFactory(params={**PARAMS, "width": 2048})
     behind_it = PromptFactory(params=PARAMS)
 
-    assert seconds_to_done(site_queue(), [unmeasured_size.pk, behind_it.pk]) == {}
+    assert seconds_to_done(site_queue(), [unmeasured_size, behind_it]) == {}
     cards = render_cards([unmeasured_size, behind_it])
     assert all("to go" not in card for card in cards)
 
@@ -168,9 +183,10 @@ async def test_estimates_are_within_a_fifth_of_the_real_time_on_the_emulator():
             now = time.monotonic()
             queued = jobs[-1]
             queue = await sync_to_async(site_queue)()
-            assert queue.order[-1] == queued.pk  # last of those waiting in the site's queue
+            order = await sync_to_async(lambda: queue.order)()
+            assert order[-1] == queued.pk  # last of those waiting in the site's queue
             assert queue.waiting_in_comfy == 1  # and one waits in ComfyUI, behind the running one
-            queued_estimate = (await sync_to_async(seconds_to_done)(queue, [queued.pk]))[queued.pk]
+            queued_estimate = (await sync_to_async(seconds_to_done)(queue, [queued]))[queued.pk]
             running_took = await seconds_until_succeeded(jobs[0].pk, now)
             queued_took = await seconds_until_succeeded(queued.pk, now)
 

@@ -38,9 +38,9 @@ def claim_queries(queued: int) -> int:
 
 
 def test_claiming_a_job_runs_the_same_few_queries_however_long_the_queue():
-    # the queue with the jobs on GPUs, the candidates, their owners' limits, the claim itself;
+    # the jobs on GPUs, their owners' limits, the head of the queue, the claim itself;
     # on PostgreSQL the row lock too, in a savepoint
-    expected = 5 + (3 if connection.features.has_select_for_update_skip_locked else 0)
+    expected = 4 + (3 if connection.features.has_select_for_update_skip_locked else 0)
     assert claim_queries(queued=1) == claim_queries(queued=60) == expected
 
 
@@ -211,3 +211,130 @@ def test_far_back_in_a_long_queue_only_real_progress_is_told(told, place, tell):
     from generator.jobs import worth_telling
 
     assert worth_telling(told, place) is tell
+
+
+def test_a_newcomer_joins_the_round_being_served_not_the_back_of_anothers_backlog():
+    alice, bob = UserFactory(), UserFactory()
+    alices = [PromptFactory(owner=alice) for _ in range(6)]
+    for _ in range(3):  # three of alice's jobs ran and ended
+        claimed = claim_next_job("http://gpu", on_demo_backend=False).job.pk
+        Prompt.objects.get(pk=claimed).transition_to(Prompt.Status.SUCCEEDED)
+    on_gpu = claim_next_job("http://gpu", on_demo_backend=False).job.pk  # her fourth is on the GPU
+    assert on_gpu == alices[3].pk
+
+    bobs = [PromptFactory(owner=bob), PromptFactory(owner=bob)]
+
+    # Bob's first goes next, his second after alice's next one: turns, not arrival.
+    assert fair_order() == [bobs[0].pk, alices[4].pk, bobs[1].pk, alices[5].pk]
+
+
+def test_a_job_its_backend_lost_goes_ahead_of_older_queued_jobs():
+    from generator.jobs import requeue_or_fail
+
+    waiting = [PromptFactory(), PromptFactory()]
+    lost = PromptFactory()
+    lost.transition_to(Prompt.Status.SUBMITTED, submit_attempts=1)  # as if a bridge took it
+
+    requeue_or_fail(lost.pk, "ComfyUI lost it")
+
+    assert fair_order() == [lost.pk, *(p.pk for p in waiting)]
+
+
+def test_queue_places_counted_for_some_jobs_agree_with_the_whole_order():
+    from generator.scheduling import site_queue
+
+    users = UserFactory.create_batch(4)
+    for n in range(30):
+        PromptFactory(owner=users[n % 7 % 4])
+    claim_next_job("http://gpu", on_demo_backend=False)
+    queue = site_queue()
+    order = fair_order()
+
+    every_third = list(Prompt.objects.filter(pk__in=order[::3]))
+    places = queue.places(every_third)
+    one = queue.places(every_third[-1:])  # counted alone, another way
+
+    assert places == {pk: place for place, pk in enumerate(order, 2) if pk in places}  # one waits in ComfyUI
+    assert len(places) == len(every_third)
+    assert one == {every_third[-1].pk: places[every_third[-1].pk]}
+
+
+def test_places_already_told_are_remembered_however_many_jobs_wait():
+    """LocMemCache keeps 300 entries: a memory there forgot most places of a long queue, and each
+    move re-sent them. The rows remember."""
+    from django.core.cache import cache
+
+    from generator.jobs import moved_queue_places
+
+    users = UserFactory.create_batch(5)
+    for n in range(400):
+        PromptFactory(owner=users[n % 5])
+    told = sum(len(relay.events) for relay in moved_queue_places())
+    assert told == 400
+    cache.clear()
+
+    assert moved_queue_places() == []
+
+
+def test_a_round_of_telling_places_looks_only_as_far_back_as_asked():
+    from generator.jobs import moved_queue_places, places_looked_at
+
+    users = UserFactory.create_batch(3)
+    for n in range(9):
+        PromptFactory(owner=users[n % 3])
+
+    told = [event["place"] for relay in moved_queue_places(looked_at=4) for event in relay.events]
+
+    assert sorted(told) == [1, 2, 3, 4]
+    assert [places_looked_at(n) for n in range(1, 9)] == [40, 80, 40, 160, 40, 80, 40, 320]
+
+
+def test_owners_at_their_running_limit_are_found_in_one_query(settings, django_assert_num_queries):
+    from collections import Counter
+
+    from django.contrib.auth.models import Group
+
+    from generator.models import Quota
+    from generator.quotas import users_at_running_limit
+
+    settings.DEFAULT_QUOTA = {**settings.DEFAULT_QUOTA, "max_running": 1}
+    plain, patron, staff, unlimited, idle = UserFactory.create_batch(5)
+    patrons = Group.objects.create(name="patrons")
+    Quota.objects.create(group=patrons, max_running=3)
+    patron.groups.add(patrons)
+    free = Group.objects.create(name="free")
+    Quota.objects.create(group=free, max_running=None)
+    unlimited.groups.add(free, patrons)
+    staff.is_staff = True
+    staff.save()
+    on_gpu = Counter({plain.pk: 1, patron.pk: 2, staff.pk: 9, unlimited.pk: 9, idle.pk: 0})
+
+    with django_assert_num_queries(1):
+        blocked = users_at_running_limit(on_gpu)
+
+    assert blocked == {plain.pk}
+
+
+def read_plan(queryset) -> str:
+    """How the database means to run `queryset`. PostgreSQL is told to avoid whole-table scans and
+    sorts where it can, as it does at scale: a test's tables are too small for its statistics."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
+    return queryset.explain()
+
+
+def test_the_next_job_and_a_place_are_read_from_the_queue_index_not_sorted_from_every_row():
+    from generator.scheduling import queued_in_order
+
+    for _ in range(3):
+        PromptFactory()
+    last = Prompt.objects.latest("pk")
+
+    next_jobs = read_plan(queued_in_order().exclude(owner_id__in=[0])[:20])
+    place = read_plan(Prompt.objects.filter(status=Prompt.Status.QUEUED, turn__lte=last.turn).order_by())
+
+    for plan in (next_jobs, place):
+        assert "prompt_queue_order" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # SQLite sorting
+        assert "Sort" not in plan, plan  # PostgreSQL sorting

@@ -1,8 +1,10 @@
 """Requests share a few threads: a burst of them cannot starve the event loop."""
 
 import asyncio
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +24,12 @@ def thread_name(request: HttpRequest) -> HttpResponse:
 
 
 @login_not_required
+def os_thread_name(request: HttpRequest) -> HttpResponse:
+    comm = Path(f"/proc/self/task/{threading.get_native_id()}/comm")
+    return HttpResponse(comm.read_text().strip() if comm.exists() else "")
+
+
+@login_not_required
 def query(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -34,7 +42,12 @@ async def wait_on_the_loop(request: HttpRequest) -> HttpResponse:
     return HttpResponse("waited", content_type="text/plain")
 
 
-urlpatterns = [path("thread/", thread_name), path("query/", query), path("async/", wait_on_the_loop)]
+urlpatterns = [
+    path("thread/", thread_name),
+    path("os-thread/", os_thread_name),
+    path("query/", query),
+    path("async/", wait_on_the_loop),
+]
 
 
 def count_thread_crossings(handler: SharedThreadsASGIHandler) -> list[object]:
@@ -60,6 +73,19 @@ async def test_twenty_requests_at_once_are_served_by_the_configured_threads(sett
 
     assert {answer.status_code for answer in answers} == {200}
     assert len({answer.text for answer in answers}) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are Linux's")
+async def test_the_operating_system_sees_web_threads_by_name(settings):
+    # So that `top -H` and bench/live_pipeline.py tell the web threads from the event loop.
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["localhost"]
+    transport = httpx.ASGITransport(app=SharedThreadsASGIHandler(threads=1))
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        answer = await client.get("/os-thread/")
+
+    assert answer.text == "web-0_0"
 
 
 @pytest.mark.django_db(transaction=True)
