@@ -70,8 +70,9 @@ class JobsConsumer(AsyncWebsocketConsumer):
     target on the page: htmx logs an error for a fragment whose element is missing, and the
     update is lost. On connect the tab's whole list is replaced by the list as it stands; a
     new job's card is added to the top; a fragment of a job the tab has no card of (made by
-    the API, or one of the queued jobs counted under the cards) is sent as the job's current
-    card instead, with the count under the cards one less."""
+    the API, or one of the queued jobs counted under the cards that started) is sent as the
+    job's current card instead, with the count under the cards one less. Queue places of jobs
+    it has no card of are not sent: those jobs are counted, and the list stays bounded."""
 
     group: str | None = None
     counted_user: int | None = None
@@ -124,6 +125,11 @@ class JobsConsumer(AsyncWebsocketConsumer):
             html = event["html"] if new_job in self.shown else NEW_CARD.format(card=event["html"])
             self.shown.add(new_job)
             await self.send(text_data=html)
+            return
+        if "lines" in event:
+            shown_lines = [html for pk, html in event["lines"] if pk in self.shown]
+            if shown_lines:
+                await self.send(text_data="".join(shown_lines))
             return
         missing = [pk for pk in event.get("jobs", ()) if pk not in self.shown]
         if missing:

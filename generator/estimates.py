@@ -265,6 +265,39 @@ class Backlog:
             yield pk, ahead / self.backends + own, own
             ahead += own
 
+    def front(self, queued: Iterable[tuple[int, str, Any, Any, Any]]) -> Front:
+        """The first ADDED_UP queued jobs (pk and RATE_FIELDS, in the fair order), added up."""
+        done: dict[int, float] = {}
+        runs: list[float] = []
+        for pk, seconds, own in self.along(queued):
+            done[pk] = seconds
+            runs.append(own)
+        if len(runs) < ADDED_UP:  # a job there never measured, or no job behind them
+            return Front(done, None, 0.0)
+        # The last of them waits for its share of the work ahead of it; the next job, for that
+        # and the last one's run, shared too.
+        start_behind = done[pk] - runs[-1] + runs[-1] / self.backends
+        return Front(done, start_behind, sum(runs) / len(runs))
+
+    def behind(self, front: Front, ahead: int, workflow: str, params: dict[str, Any]) -> float | None:
+        """Seconds to done of a job with `ahead` queued jobs before it, ADDED_UP or more: what
+        the job right behind the front waits, then the front's average run for each job
+        between, shared, then its own run."""
+        rate = self.book.rate(workflow, params)
+        if front.start_behind is None or rate is None:
+            return None
+        between = ahead - ADDED_UP
+        return (
+            front.start_behind + between * front.average / self.backends + rate.job_seconds(job_steps(params))
+        )
+
+
+@dataclass(frozen=True)
+class Front:
+    done: dict[int, float]  # seconds to done of each of the first queued jobs that can be told
+    start_behind: float | None  # seconds until the job right behind them starts (None: unknown)
+    average: float  # their average run
+
 
 def seconds_to_done(
     queue: SiteQueue, jobs: Sequence[Prompt], places: dict[int, int] | None = None
@@ -282,30 +315,15 @@ def seconds_to_done(
         return estimates
     # How many queued jobs go before each: its place, less the jobs waiting in ComfyUI.
     ahead = {pk: place - queue.waiting_in_comfy - 1 for pk, place in places.items()}
-    front = queued_in_order().values_list("pk", *RATE_FIELDS)[: min(max(ahead.values()) + 1, ADDED_UP)]
-    added_up = {pk: (seconds, own) for pk, seconds, own in backlog.along(front)}
-    estimates.update({pk: added_up[pk][0] for pk in ahead if pk in added_up})
-    further_back = {job.pk: job for job in jobs if ahead.get(job.pk, -1) >= ADDED_UP}
-    if further_back and len(added_up) == ADDED_UP:
-        estimates.update(_told_from_the_front(backlog, list(added_up.values()), further_back, ahead))
-    return estimates
-
-
-def _told_from_the_front(
-    backlog: Backlog, front: list[tuple[float, float]], jobs: dict[int, Prompt], ahead: dict[int, int]
-) -> dict[int, float]:
-    """Jobs behind the ADDED_UP at the front: the last of those, then the average run of them
-    for each job between, then the job's own run."""
-    last_done, last_own = front[-1]
-    average = sum(own for _, own in front) / len(front)
-    estimates = {}
-    for pk, job in jobs.items():
-        rate = backlog.book.rate(job.workflow, job.params)
-        if rate is not None:
-            between = ahead[pk] - len(front)
-            last_started = last_done - last_own  # its wait: the work ahead of it, shared
-            waited = last_started + (last_own + between * average) / backlog.backends
-            estimates[pk] = waited + rate.job_seconds(job_steps(job.params))
+    rows = queued_in_order().values_list("pk", *RATE_FIELDS)[: min(max(ahead.values()) + 1, ADDED_UP)]
+    front = backlog.front(rows)
+    for job in jobs:
+        if job.pk in front.done:
+            estimates[job.pk] = front.done[job.pk]
+        elif ahead.get(job.pk, 0) >= ADDED_UP:
+            seconds = backlog.behind(front, ahead[job.pk], job.workflow, job.params)
+            if seconds is not None:
+                estimates[job.pk] = seconds
     return estimates
 
 

@@ -20,7 +20,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .estimates import RATE_FIELDS, Backlog, about
+from .estimates import ADDED_UP, RATE_FIELDS, Backlog, about, rate_params
 from .live import (
     LiveState,
     Relay,
@@ -325,30 +325,62 @@ def moved_queue_places(looked_at: int | None = None) -> list[Relay]:
     together, not one per job. An estimate is told as its words ("about 40 s"): a change that
     does not change the words is no message.
     """
-    queue = site_queue()
+    with transaction.atomic():
+        _one_round_at_a_time()
+        queue = site_queue()
+        in_order = queued_in_order().values_list(
+            "pk", "owner_id", "told_place", "told_estimate", "cancel_requested_at", *RATE_FIELDS
+        )
+        rows = list(in_order if looked_at is None else in_order[:looked_at])
+        estimates = _queue_estimates(rows)
+        lines: dict[int, list[tuple[int, str]]] = {}
+        events: dict[int, list[dict[str, Any]]] = {}
+        told: list[Prompt] = []
+        for place, (pk, owner_id, told_place, told_estimate, cancel_at, *_) in enumerate(
+            rows, queue.waiting_in_comfy + 1
+        ):
+            words = about(estimates.get(pk))
+            if not worth_telling(told_place, place) and words == told_estimate:
+                continue
+            prompt = Prompt(pk=pk, owner_id=owner_id, status=S.QUEUED, cancel_requested_at=cancel_at)
+            line = render_progress(prompt, live=LiveState(), position=place, seconds_left=estimates.get(pk))
+            lines.setdefault(owner_id, []).append((pk, line))
+            events.setdefault(owner_id, []).append(queue_event(pk, place))
+            told.append(Prompt(pk=pk, told_place=place, told_estimate=words))
+        Prompt.objects.bulk_update(told, ["told_place", "told_estimate"], batch_size=500)
+    return [
+        Relay(owner_id, "".join(html for _, html in owned), tuple(events[owner_id]), lines=tuple(owned))
+        for owner_id, owned in lines.items()
+    ]
+
+
+def _one_round_at_a_time() -> None:
+    """Hold the round of telling places until the transaction ends. Bridges in other processes
+    share the queue and what was told: two rounds at once would both read the places last told
+    before either wrote, and tell each move twice, or write an older place over a newer one.
+    (Within a process the bridges take turns by a lock; SQLite takes one writer at a time.)"""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PLACES_LOCK_KEY])
+
+
+PLACES_LOCK_KEY = 0x636F6D6679  # any number the site's other advisory locks do not use
+
+
+def _queue_estimates(rows: list[tuple[Any, ...]]) -> dict[int, float]:
+    """Seconds to done of queued jobs, `rows` read from the front in the fair order (pk, then
+    four columns, then RATE_FIELDS): added up for the first ADDED_UP, and from their average
+    behind them, as a card rendered alone estimates them (estimates.seconds_to_done)."""
     backlog = Backlog.load()
-    in_order = queued_in_order().values_list(
-        "pk", "owner_id", "told_place", "told_estimate", "cancel_requested_at", *RATE_FIELDS
-    )
-    rows = list(in_order if looked_at is None else in_order[:looked_at])
-    along = backlog.along(row[:1] + row[5:] for row in rows) if backlog else ()
-    estimates = {pk: done for pk, done, _ in along}
-    lines: dict[int, list[str]] = {}
-    events: dict[int, list[dict[str, Any]]] = {}
-    told: list[Prompt] = []
-    for place, (pk, owner_id, told_place, told_estimate, cancel_requested_at, *_) in enumerate(
-        rows, queue.waiting_in_comfy + 1
-    ):
-        words = about(estimates.get(pk))
-        if not worth_telling(told_place, place) and words == told_estimate:
-            continue
-        prompt = Prompt(pk=pk, owner_id=owner_id, status=S.QUEUED, cancel_requested_at=cancel_requested_at)
-        line = render_progress(prompt, live=LiveState(), position=place, seconds_left=estimates.get(pk))
-        lines.setdefault(owner_id, []).append(line)
-        events.setdefault(owner_id, []).append(queue_event(pk, place))
-        told.append(Prompt(pk=pk, told_place=place, told_estimate=words))
-    Prompt.objects.bulk_update(told, ["told_place", "told_estimate"], batch_size=500)
-    return [Relay(owner_id, "".join(html), tuple(events[owner_id])) for owner_id, html in lines.items()]
+    if backlog is None:
+        return {}
+    front = backlog.front(row[:1] + row[5:] for row in rows[:ADDED_UP])
+    estimates = dict(front.done)
+    for ahead, (pk, *_, workflow, width, height, steps) in enumerate(rows[ADDED_UP:], ADDED_UP):
+        seconds = backlog.behind(front, ahead, workflow, rate_params(width, height, steps))
+        if seconds is not None:
+            estimates[pk] = seconds
+    return estimates
 
 
 FRONT_LOOKED_AT = 40  # queued jobs looked at in every round of telling places

@@ -42,9 +42,14 @@ class Relay(NamedTuple):
     html: str
     events: tuple[dict[str, Any], ...] = ()
     new_job: int | None = None  # the card of a job just made: tabs add it to their list
+    # Queue lines, each with its job (then `html` is their sum): a tab sends those of the jobs it
+    # shows, and adds no card for the others (queued jobs it counts under its cards).
+    lines: tuple[tuple[int, str], ...] = ()
 
     def message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"type": "job.html", "html": self.html}
+        if self.lines:
+            message["lines"] = [list(line) for line in self.lines]
         if self.events:
             message["events"] = list(self.events)
             # Which cards the fragment updates: a tab not showing one is sent the card instead.
@@ -244,8 +249,7 @@ def more_queued(user_id: int, shown: set[int]) -> str:
     cards says it ("4,980"; "" for none)."""
     # The status filter the partial index prompt_owner_unfinished_turn names, then the one meant.
     unfinished = Prompt.objects.filter(owner_id=user_id, status__in=Prompt.UNFINISHED_STATUSES)
-    queued = unfinished.filter(status=Prompt.Status.QUEUED)
-    more = queued.count() - queued.filter(pk__in=shown).count() if shown else queued.count()
+    more = unfinished.filter(status=Prompt.Status.QUEUED).exclude(pk__in=shown).count()
     return f"{more:,}" if more else ""
 
 

@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from comfysite.asgi import application
 from generator.consumers import JobsConsumer
+from generator.jobs import moved_queue_places
 from generator.live import LiveState, Relay, progress_event, user_group
 from generator.models import Prompt
 
@@ -150,7 +151,17 @@ async def test_a_tab_of_a_user_with_a_long_queue_is_sent_their_newest_cards_and_
     assert "and 7 more queued" in snapshot
     assert await communicator.receive_nothing(timeout=0.2)
 
-    # The queue moves: the oldest job's place is told. It gets its card, and one fewer is counted.
+    # The queue moves: the tab is told the places of the jobs it shows, and gets no card for
+    # the counted ones (its list stays bounded however long the queue).
+    for relay in await sync_to_async(moved_queue_places)():
+        await get_channel_layer().group_send(user_group(relay.owner_id), relay.message())
+    places = await communicator.receive_from()
+    assert places.count('class="job-progress"') == 5
+    assert all(f'id="prompt-{job.pk}-progress"' in places for job in jobs[-5:])
+    assert "<article" not in places
+    assert await communicator.receive_nothing(timeout=0.2)
+
+    # The oldest job starts: it gets its card, and one fewer is counted.
     await get_channel_layer().group_send(user_group(user.pk), step_fragment(jobs[0], 1))
     added = await communicator.receive_from()
     assert f'id="prompt-{jobs[0].pk}"' in added

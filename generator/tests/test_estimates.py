@@ -17,7 +17,7 @@ from generator.live import LiveState, load_live_states, render_cards, save_live_
 from generator.models import Prompt, StepRate
 from generator.scheduling import site_queue
 
-from .factories import PromptFactory, UserFactory
+from .factories import PromptFactory, UserFactory, backend
 
 S = Prompt.Status
 PARAMS = {"steps": 20, "width": 512, "height": 512}
@@ -90,17 +90,30 @@ def test_a_queued_job_waits_for_the_work_ahead_of_it_in_the_fair_order(db):
 
 def test_a_job_far_back_is_estimated_from_the_front_of_the_queue_without_reading_all_of_it(db, monkeypatch):
     monkeypatch.setattr("generator.estimates.ADDED_UP", 3)
-    measured()
-    running = PromptFactory(params=PARAMS, status=S.RUNNING, backend="http://gpu")
+    monkeypatch.setattr("generator.jobs.ADDED_UP", 3)
+    for url in ("http://gpu-a", "http://gpu-b"):  # two backends share the queue
+        backend(url)
+        measured(url)
+    running = PromptFactory(params=PARAMS, status=S.RUNNING, backend="http://gpu-a")
     save_live_state(running.pk, LiveState(seconds_left=10.0))
-    queued = [PromptFactory(params=PARAMS) for _ in range(6)]
-    big = PromptFactory(params={**PARAMS, "steps": 40})  # 43 s of its own
+    front = [
+        PromptFactory(params={**PARAMS, "steps": 40}),
+        PromptFactory(params=PARAMS),
+        PromptFactory(params=PARAMS),
+    ]
+    behind = [PromptFactory(params=PARAMS) for _ in range(3)]
 
-    estimates = seconds_to_done(site_queue(), [queued[1], queued[5], big])
+    estimates = seconds_to_done(site_queue(), [front[2], behind[0], behind[2]])
 
-    assert estimates[queued[1].pk] == pytest.approx(10 + 2 * 23)  # added up, job by job
-    assert estimates[queued[5].pk] == pytest.approx(10 + 6 * 23)  # the front's 3, then their average
-    assert estimates[big.pk] == pytest.approx(10 + 6 * 23 + 43)
+    # Added up job by job, the work ahead shared by the two: 10 s, then 43 s and 23 s runs.
+    assert estimates[front[2].pk] == pytest.approx((10 + 43 + 23) / 2 + 23)
+    # Right behind the front: exact too. Further back, the front's average run for each job between.
+    assert estimates[behind[0].pk] == pytest.approx((10 + 43 + 23 + 23) / 2 + 23)
+    average = (43 + 23 + 23) / 3
+    assert estimates[behind[2].pk] == pytest.approx((10 + 43 + 23 + 23 + 2 * average) / 2 + 23)
+    # The bridge's round of places tells the very words the card said.
+    told = dict(line for relay in moved_queue_places() for line in relay.lines)
+    assert f"{about(estimates[behind[2].pk])} to go" in told[behind[2].pk]
 
 
 def test_nothing_is_said_of_a_job_whose_wait_was_never_measured(db):
