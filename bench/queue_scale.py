@@ -259,7 +259,7 @@ def measure(queued: int) -> None:
     print(f"    places alone             {summary(places, [])}")
     print(f"    deepest round ({jobs.places_looked_at(deepest_round)} jobs looked at): {deepest[0]:.2f} ms")
     full = timed(lambda: jobs.moved_queue_places(None), 1)
-    print(f"    a bridge's first round (whole queue): {full[0]:.2f} ms")
+    print(f"    the whole queue at once (no round looks that far): {full[0]:.2f} ms")
     sockets = asyncio.run(websocket_connects(heaviest, rounds))
     print(f"  websocket connect (most)   {summary(sockets, [])}")
 

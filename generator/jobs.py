@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import mimetypes
+import sqlite3
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -335,7 +336,7 @@ def moved_queue_places(looked_at: int | None = None) -> list[Relay]:
         estimates = _queue_estimates(rows)
         lines: dict[int, list[tuple[int, str]]] = {}
         events: dict[int, list[dict[str, Any]]] = {}
-        told: list[Prompt] = []
+        told: list[tuple[int, int, str]] = []
         for place, (pk, owner_id, told_place, told_estimate, cancel_at, *_) in enumerate(
             rows, queue.waiting_in_comfy + 1
         ):
@@ -346,12 +347,34 @@ def moved_queue_places(looked_at: int | None = None) -> list[Relay]:
             line = render_progress(prompt, live=LiveState(), position=place, seconds_left=estimates.get(pk))
             lines.setdefault(owner_id, []).append((pk, line))
             events.setdefault(owner_id, []).append(queue_event(pk, place))
-            told.append(Prompt(pk=pk, told_place=place, told_estimate=words))
-        Prompt.objects.bulk_update(told, ["told_place", "told_estimate"], batch_size=500)
+            told.append((pk, place, words))
+        _note_told(told)
     return [
         Relay(owner_id, "".join(html for _, html in owned), tuple(events[owner_id]), lines=tuple(owned))
         for owner_id, owned in lines.items()
     ]
+
+
+def _note_told(told: list[tuple[int, int, str]], batch: int = 500) -> None:
+    """Keep on each row the place and estimate words told (pk, place, words): one UPDATE from a
+    VALUES list per batch. Django's bulk_update writes a CASE of every row for each column,
+    which took 130 of a round's 210 ms for 245 rows on SQLite."""
+    if connection.vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 33):  # no UPDATE FROM
+        changed = [Prompt(pk=pk, told_place=place, told_estimate=words) for pk, place, words in told]
+        Prompt.objects.bulk_update(
+            changed, ["told_place", "told_estimate"], batch_size=batch
+        )  # no UPDATE FROM
+        return
+    table = connection.ops.quote_name(Prompt._meta.db_table)
+    for start in range(0, len(told), batch):
+        rows = told[start : start + batch]
+        values = ", ".join(["(%s, %s, %s)"] * len(rows))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH told (id, place, words) AS (VALUES {values}) UPDATE {table} SET "
+                f"told_place = told.place, told_estimate = told.words FROM told WHERE {table}.id = told.id",
+                [value for row in rows for value in row],
+            )
 
 
 def _one_round_at_a_time() -> None:
