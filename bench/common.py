@@ -230,6 +230,7 @@ class Tab:
         self.job = job
         self.received: list[tuple[float, str]] = []
         self.final_card_at: dict[int, float] = {}
+        self.answered_at: dict[int, float] = {}  # when the form post was answered, by job
         self.final_status: dict[int, str] = {}
         self.arrived = asyncio.Event()
 
@@ -282,6 +283,7 @@ class Tab:
             text = await response.text()
         card = CARD_RE.search(text)
         assert card, text[:1000]
+        self.answered_at[int(card.group(1))] = time.perf_counter()
         return int(card.group(1)), started
 
     async def finished_at(self, pk: int, within: float = 120) -> float:

@@ -14,10 +14,12 @@ tabs (websocket clients, form posts).
    submit-then-poll loop (the usual Flask script, polling /history once a second).
 
     .venv/bin/python bench/live_pipeline.py
+    .venv/bin/python bench/live_pipeline.py --step-seconds 0.25 --solo-jobs 20 --skip-idle  # 2 s jobs
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -57,6 +59,7 @@ from bench.common import (  # noqa: E402
     thread_cpu_seconds,
 )
 from generator.comfy.client import ComfyClient  # noqa: E402
+from generator.models import Prompt  # noqa: E402
 
 SMALL_JOB = small_job(steps=8)
 
@@ -94,41 +97,64 @@ async def stop_site(site: SiteProcess, tabs: list[Tab]) -> None:
     site.stop()
 
 
-SOLO_JOBS = 60
-CROWD_ROUNDS = 4  # of 50 jobs at once: a p99 of 200 fragments, not the worst of 50
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--solo-jobs", type=int, default=60, help="jobs one at a time (latency, overhead)")
+    parser.add_argument(
+        "--crowd-rounds", type=int, default=4, help="rounds of 50 jobs at once (4: a p99 of 200 fragments)"
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        default=0.0,
+        help="the emulator's time per step for the latency and overhead jobs (8 steps; 0.25: 2 s jobs)",
+    )
+    parser.add_argument("--skip-idle", action="store_true", help="leave out the idle-time figures")
+    return parser.parse_args()
+
+
+ARGS = parse_args()
 
 
 async def latency_and_overhead() -> None:
-    emulator = EmulatorProcess(step_seconds=0.0)
+    emulator = EmulatorProcess(step_seconds=ARGS.step_seconds)
     site = await run_site(emulator.url)
     tabs: list[Tab] = []
     try:
         solo = await user_tab(site.url, "solo")
         tabs.append(solo)
-        overheads, solo_jobs = [], []
+        overheads, solo_jobs, solo_times = [], [], {}
         site_cpu, threads_before = cpu_seconds(site.process.pid), thread_cpu_seconds(site.process.pid)
-        for n in range(SOLO_JOBS):
+        for n in range(ARGS.solo_jobs):
             pk, started = await solo.generate(f"solo job {n}")
-            overheads.append(await solo.finished_at(pk) - started)
+            finished = await solo.finished_at(pk)
+            overheads.append(finished - started)
             solo_jobs.append(pk)
-        site_cpu_per_job = (cpu_seconds(site.process.pid) - site_cpu) / SOLO_JOBS * 1000
-        by_thread = cpu_per_job_by_thread(threads_before, thread_cpu_seconds(site.process.pid), SOLO_JOBS)
-        direct = await direct_job_seconds(emulator, 30)
+            solo_times[pk] = (started, finished)
+        site_cpu_per_job = (cpu_seconds(site.process.pid) - site_cpu) / ARGS.solo_jobs * 1000
+        threads_after = thread_cpu_seconds(site.process.pid)
+        by_thread = cpu_per_job_by_thread(threads_before, threads_after, ARGS.solo_jobs)
+        direct = await direct_job_seconds(emulator, min(30, ARGS.solo_jobs))
         crowd = [await user_tab(site.url, f"user{n}") for n in range(50)]
         tabs += crowd
         crowd_jobs = []
-        for round_ in range(CROWD_ROUNDS):
+        for round_ in range(ARGS.crowd_rounds):
             posts = (tab.generate(f"crowd job {round_}.{n}") for n, tab in enumerate(crowd))
             batch = await asyncio.gather(*posts)
             await asyncio.gather(*(tab.finished_at(pk) for tab, (pk, _) in zip(crowd, batch, strict=True)))
             crowd_jobs += [pk for pk, _ in batch]
     finally:
         await stop_site(site, tabs)
-        progress = emulator.stop()["progress"]
+        timeline = emulator.stop()
+        progress = timeline["progress"]
 
     solo_latency = [ms for _, ms in await relay_latencies([solo], solo_jobs, progress)]
     crowd_latency = [ms for _, ms in await relay_latencies(crowd, crowd_jobs, progress)]
     for label, values in [("1 job", solo_latency), ("50 jobs", crowd_latency)]:
+        if not values:  # --crowd-rounds 0
+            continue
         p50, p99 = statistics.median(values), percentile(values, 0.99)
         print(
             f"relay latency, {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(values):.2f} ms "
@@ -141,6 +167,31 @@ async def latency_and_overhead() -> None:
         f"the site's process used {site_cpu_per_job:.1f} ms of CPU per job (DEBUG={settings.DEBUG}): "
         f"{by_thread}"
     )
+    answered = statistics.median(
+        (solo.answered_at[pk] - posted) * 1000 for pk, (posted, _) in solo_times.items()
+    )
+    before, after = await around_the_run(solo_times, timeline["executions"])
+    print(
+        f"  of which: form POST → ComfyUI starts the job p50 {before:.1f} ms (the post answered after "
+        f"{answered:.1f} ms), ComfyUI ends it → the finished card on the tab p50 {after:.1f} ms "
+        "(the emulator's own start and end)"
+    )
+
+
+async def around_the_run(
+    times: dict[int, tuple[float, float]], executions: dict[str, list[float]]
+) -> tuple[float, float]:
+    """p50s of the site's time before ComfyUI starts a job (post, claim, submit) and after it
+    ends it (outputs fetched and stored, the final card), from the emulator's own clock."""
+    comfy_ids = {
+        pk: str(p) async for pk, p in Prompt.objects.filter(pk__in=times).values_list("pk", "comfy_prompt_id")
+    }
+    before, after = [], []
+    for pk, (posted, finished) in times.items():
+        started, ended = executions[comfy_ids[pk]]
+        before.append((started - posted) * 1000)
+        after.append((finished - ended) * 1000)
+    return statistics.median(before), statistics.median(after)
 
 
 async def idle_time() -> None:
@@ -178,7 +229,8 @@ async def main() -> None:
         f"channel layer {settings.CHANNEL_LAYERS['default']['BACKEND']}"
     )
     await latency_and_overhead()
-    await idle_time()
+    if not ARGS.skip_idle:
+        await idle_time()
 
 
 if __name__ == "__main__":
