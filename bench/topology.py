@@ -21,7 +21,7 @@ migrated) and uses Redis database 3 (flushed at the start).
    same by thirds of the run, whether every tab got its job's final card, what the tabs received
    by kind, and how many messages channels_redis dropped because a channel was full.
 
-    .venv/bin/python bench/topology.py
+    .venv/bin/python bench/topology.py [--skip-throughput] [--crowd 200] ...  (--help)
 
 Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and Redis at 127.0.0.1:6379. The
 database and the child processes' logs (a temporary folder, printed) are left behind for
@@ -30,6 +30,7 @@ inspection; every child process is stopped on the way out. Takes about three min
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime
@@ -48,15 +49,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
-BENCH_DATABASE = "comfysite_bench"
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pg-server", default="postgresql://postgres@127.0.0.1:5432", help="PostgreSQL server"
+    )
+    parser.add_argument("--database", default="comfysite_bench", help="database to drop, make again and use")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/3", help="Redis database to flush and use"
+    )
+    parser.add_argument("--backends", default="1,2,4", help="backend counts for the throughput figures")
+    parser.add_argument("--jobs-per-backend", type=int, default=24)
+    parser.add_argument("--crowd", type=int, default=200, help="websocket clients, one job each")
+    parser.add_argument("--crowd-backends", type=int, default=2)
+    parser.add_argument("--skip-throughput", action="store_true", help="only the relay through Redis")
+    return parser.parse_args()
+
+
+ARGS = parse_args()
+PG_SERVER = ARGS.pg_server
+BENCH_DATABASE = ARGS.database
 VAR_DIR = Path(tempfile.mkdtemp(prefix="bench-topology-"))
 for inherited in ("COMFYUI_URL", "COMFYUI_URLS", "MEDIA_ROOT"):
     os.environ.pop(inherited, None)
 os.environ.update(
     DJANGO_SETTINGS_MODULE="comfysite.settings",
     DATABASE_URL=f"{PG_SERVER}/{BENCH_DATABASE}",
-    REDIS_URL="redis://127.0.0.1:6379/3",
+    REDIS_URL=ARGS.redis_url,
     COMFYSITE_VAR_DIR=str(VAR_DIR),
     QUOTA_MAX_QUEUED="100000",
     QUOTA_MAX_RUNNING="100000",
@@ -102,11 +124,11 @@ from generator.live import BRIDGE_GROUP  # noqa: E402
 from generator.models import Backend, Prompt  # noqa: E402
 
 STEPS, STEP_SECONDS = 8, 0.05
-JOBS_PER_BACKEND = 24
+JOBS_PER_BACKEND = ARGS.jobs_per_backend
 THROUGHPUT_USERS = 8
-BACKEND_COUNTS = (1, 2, 4)
-CROWD = 200
-CROWD_BACKENDS = 2
+BACKEND_COUNTS = tuple(int(n) for n in ARGS.backends.split(","))
+CROWD = ARGS.crowd
+CROWD_BACKENDS = ARGS.crowd_backends
 SMALL_JOB = small_job(steps=STEPS)
 CHILDREN: list[subprocess.Popen] = []
 
@@ -522,7 +544,8 @@ async def main() -> None:
         f"64 × 64, previews on; logs in {VAR_DIR}"
     )
     try:
-        await throughput()
+        if not ARGS.skip_throughput:
+            await throughput()
         await crowd_latency()
     finally:
         stop_all_children()
