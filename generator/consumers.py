@@ -57,11 +57,12 @@ def release_socket(user_id: int) -> None:
 NEW_CARD = '<div hx-swap-oob="afterbegin:#jobs">{card}</div>'
 
 
-def current_cards(user_id: int, pks: list[int], shown: set[int]) -> tuple[dict[int, str], str]:
-    """The cards of these jobs of the user, as they stand now (anyone else's: none), and the
-    line counting the queued jobs still without a card once they join the `shown` ones."""
+def current_cards(user_id: int, pks: list[int], shown: set[int]) -> tuple[dict[int, tuple[str, str]], str]:
+    """The cards of these jobs of the user as they stand now, with their statuses (anyone
+    else's: none), and the line counting the queued jobs still without a card once they join
+    the `shown` ones."""
     prompts = list(Prompt.objects.filter(owner_id=user_id, pk__in=pks).prefetch_related("images"))
-    cards = {prompt.pk: card for prompt, card in zip(prompts, render_cards(prompts), strict=True)}
+    cards = {p.pk: (p.status, card) for p, card in zip(prompts, render_cards(prompts), strict=True)}
     return cards, more_queued_html(user_id, shown | set(cards))
 
 
@@ -76,7 +77,7 @@ class JobsConsumer(AsyncWebsocketConsumer):
 
     group: str | None = None
     counted_user: int | None = None
-    shown: set[int]
+    shown: dict[int, str]  # the jobs whose cards the tab shows, and each one's status as last sent
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -123,27 +124,31 @@ class JobsConsumer(AsyncWebsocketConsumer):
         new_job = event.get("new_job")
         if new_job is not None:
             html = event["html"] if new_job in self.shown else NEW_CARD.format(card=event["html"])
-            self.shown.add(new_job)
+            self.shown[new_job] = Prompt.Status.QUEUED
             await self.send(text_data=html)
             return
         if "lines" in event:
-            shown_lines = [html for pk, html in event["lines"] if pk in self.shown]
-            if shown_lines:
-                await self.send(text_data="".join(shown_lines))
+            # Queue places come on their own (see Bridge._publish_positions), so one can arrive
+            # after the card of the job's start: only a job last seen queued gets its line.
+            lines = [html for pk, html in event["lines"] if self.shown.get(pk) == Prompt.Status.QUEUED]
+            if lines:
+                await self.send(text_data="".join(lines))
             return
         missing = [pk for pk in event.get("jobs", ()) if pk not in self.shown]
         if missing:
             # Rendered now, so as new as the fragment or newer: the fragment itself is not sent
             # when it was only about jobs the tab had no card of.
             user_id = self.counted_user or 0
-            cards, more = await database_sync_to_async(current_cards)(user_id, missing, self.shown)
-            self.shown.update(cards)
+            cards, more = await database_sync_to_async(current_cards)(user_id, missing, set(self.shown))
+            self.shown.update((pk, status) for pk, (status, _) in cards.items())
             if cards:
-                await self.send(
-                    text_data="".join([*(NEW_CARD.format(card=card) for card in cards.values()), more])
-                )
+                added = [NEW_CARD.format(card=card) for _, card in cards.values()]
+                await self.send(text_data="".join([*added, more]))
             if len(missing) == len(event["jobs"]):
                 return
+        for change in event.get("events", ()):
+            if "status" in change and change["job"] in self.shown and change["job"] not in missing:
+                self.shown[change["job"]] = change["status"]
         await self.send(text_data=event["html"])
 
     async def banner_html(self, event: dict[str, Any]) -> None:

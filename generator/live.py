@@ -235,13 +235,13 @@ def listed_jobs(user_id: int) -> list[Prompt]:
     return recent + list(older_handed)
 
 
-def job_list(user_id: int) -> tuple[str, set[int]]:
+def job_list(user_id: int) -> tuple[str, dict[int, str]]:
     """The list of a user's job cards as they stand now, and which jobs it shows: what the page
     renders, and what a tab's socket sends when it (re)connects in place of the list the page
-    was rendered with."""
+    was rendered with; with each shown job's status."""
     prompts = listed_jobs(user_id)
     context = {"cards": render_cards(prompts), "more_queued": more_queued(user_id, {p.pk for p in prompts})}
-    return render_to_string("generator/partials/job_list.html", context), {p.pk for p in prompts}
+    return render_to_string("generator/partials/job_list.html", context), {p.pk: p.status for p in prompts}
 
 
 def more_queued(user_id: int, shown: set[int]) -> str:

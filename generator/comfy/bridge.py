@@ -160,6 +160,8 @@ class BridgeSettings:
     progress_interval: float = 0.05
     live_save_interval: float = 0.5  # a tab that connects mid-job is shown a state this fresh
     positions_interval: float = 1.0  # queue places are told at most once a second
+    # Between one user's queue places and the next user's (see Bridge._send_places).
+    places_spacing: float = 0.002
     health_seconds: float = 5.0  # /system_stats this often; the row's checked_at is our heartbeat
     dead_seconds: float = 60.0  # unreachable this long: its jobs go back to the queue for others
     object_info_seconds: float = 60.0  # /object_info again this often: models added show up
@@ -906,14 +908,16 @@ class Bridge:
             return False
         async with self._sending:
             while self._outbox:
-                relay = self._outbox.popleft()
-                try:
-                    await self.layer.group_send(user_group(relay.owner_id), relay.message())
-                except (RedisError, OSError) as error:  # Redis restarting: tabs catch up on reconnect
-                    logger.warning("Bridge %s: relay to user %s lost: %s", self.url, relay.owner_id, error)
-                except Exception:
-                    logger.exception("Bridge %s: relay to user %s failed", self.url, relay.owner_id)
+                await self._group_send(self._outbox.popleft())
         return True
+
+    async def _group_send(self, relay: Relay) -> None:
+        try:
+            await self.layer.group_send(user_group(relay.owner_id), relay.message())
+        except (RedisError, OSError) as error:  # Redis restarting: tabs catch up on reconnect
+            logger.warning("Bridge %s: relay to user %s lost: %s", self.url, relay.owner_id, error)
+        except Exception:
+            logger.exception("Bridge %s: relay to user %s failed", self.url, relay.owner_id)
 
     async def _run_outbox(self) -> None:
         """Sends what the other tasks relay (cards, queue places); the event consumer sends its own."""
@@ -952,12 +956,22 @@ class Bridge:
                 async with self.places_lock:
                     looked_at = jobs.places_looked_at(next(self._place_rounds))
                     changed = await db(jobs.moved_queue_places)(looked_at)
+                    await self._send_places(changed)
             except Exception:
                 logger.exception("Bridge %s: queue places not sent", self.url)
-            else:
-                for relay in changed:
-                    self._relay(relay)
             await asyncio.sleep(self.settings.positions_interval)
+
+    async def _send_places(self, relays: list[Relay]) -> None:
+        """A round's queue places, one user's at a time with a pause between, beside the outbox
+        (not behind it, nor it behind them). Each web process reads all its tabs' messages
+        from one Redis list, in order: a round of two hundred users' places sent at once stood
+        in front of the progress sent after it (relay p99 64-115 ms through Redis with 200 tabs
+        and 200 waiting jobs, 11 ms with no places told; bench/topology.py). A place can so
+        arrive after the card of the job's start: tabs drop the lines of jobs no longer queued
+        (JobsConsumer)."""
+        for relay in relays:
+            await self._group_send(relay)
+            await asyncio.sleep(self.settings.places_spacing)
 
     async def _refresh_backend_info(self) -> None:
         info = stats = None

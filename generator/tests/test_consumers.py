@@ -167,3 +167,20 @@ async def test_a_tab_of_a_user_with_a_long_queue_is_sent_their_newest_cards_and_
     assert f'id="prompt-{jobs[0].pk}"' in added
     assert "and 6 more queued" in added
     await communicator.disconnect()
+
+
+async def test_a_queue_place_that_arrives_after_its_job_started_is_not_shown(user):
+    job = await sync_to_async(PromptFactory)(owner=user)
+    other = await sync_to_async(PromptFactory)(owner=user)
+    tab = await connected_tab(user)
+    told = await sync_to_async(moved_queue_places)()  # worked out while both were queued...
+    await get_channel_layer().group_send(user_group(user.pk), step_fragment(job, 1))  # ...job starts...
+
+    for relay in told:  # ...and the places, sent apart from the outbox, arrive after its start
+        await get_channel_layer().group_send(user_group(relay.owner_id), relay.message())
+
+    assert "step 1/20" in await tab.receive_from()
+    places = await tab.receive_from()
+    assert f'id="prompt-{other.pk}-progress"' in places  # still queued: told its place
+    assert f'id="prompt-{job.pk}-progress"' not in places  # running: its step stays on the card
+    await tab.disconnect()
