@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from .backends import healthy_backends
 from .models import Prompt, StepRate
-from .scheduling import SiteQueue, queued_in_order
+from .scheduling import RATE_FIELDS, SiteQueue, queued_in_order
 
 # Weight of the newest job in the running averages: a backend that slowed down (a bigger model,
 # another tenant on its GPU) shows within a few jobs, and one odd job moves little.
@@ -200,8 +200,6 @@ class _Row:
     started_at: datetime.datetime | None
 
 
-# Only the settings a rate depends on: a job's whole parameters are not read and parsed.
-RATE_FIELDS = ("workflow", "params__width", "params__height", "params__steps")
 # Queued jobs whose own runs are added up one by one for an estimate; a job further back is
 # told these plus the average of their runs for each job between (a wait of hours, in words
 # rounded to ten minutes, does not need every row read).
@@ -215,7 +213,7 @@ def rate_params(width: Any, height: Any, steps: Any) -> dict[str, Any]:
 @dataclass
 class Backlog:
     """The work ahead of the site's queue: what the jobs handed to ComfyUI have left, and the
-    backends that share the queued jobs. Read in three queries, whatever the queue's length."""
+    backends that share the queued jobs. Two queries more than the queue, whatever its length."""
 
     book: RateBook
     handed: dict[int, float]  # seconds to done of each job handed to ComfyUI that can be told
@@ -223,18 +221,16 @@ class Backlog:
     backends: int
 
     @classmethod
-    def load(cls) -> Backlog | None:
+    def load(cls, queue: SiteQueue) -> Backlog | None:
         """None when nothing was ever measured: no estimate, and no more queries to learn it."""
         book = RateBook.load()
         if not book.rates:
             return None
         rows = [
-            _Row(pk, workflow, rate_params(width, height, steps), status, backend, started)
-            for pk, workflow, width, height, steps, status, backend, started in Prompt.objects.filter(
-                status__in=Prompt.ON_BACKEND_STATUSES
+            _Row(
+                job.pk, job.workflow, rate_params(job.width, job.height, job.steps), *job[2:4], job.started_at
             )
-            .order_by("created_at", "pk")
-            .values_list("pk", *RATE_FIELDS, "status", "backend", "started_at")
+            for job in queue.handed
         ]
         handed: dict[int, float] = {}
         # Each backend's work: what its running job has left, then the jobs waiting inside it.
@@ -306,7 +302,7 @@ def seconds_to_done(
     work ahead of it in the fair order, shared by the backends that take jobs, and its own run.
     `places`: the queued jobs' places, if known already. A job missing from the answer has no
     estimate (something it waits for was never measured)."""
-    backlog = Backlog.load() if jobs else None
+    backlog = Backlog.load(queue) if jobs else None
     if backlog is None:
         return {}
     estimates = {job.pk: backlog.handed[job.pk] for job in jobs if job.pk in backlog.handed}

@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .estimates import ADDED_UP, RATE_FIELDS, Backlog, about, rate_params
+from .estimates import ADDED_UP, Backlog, about, rate_params
 from .live import (
     LiveState,
     Relay,
@@ -34,7 +34,7 @@ from .live import (
 )
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
-from .scheduling import SiteQueue, front_turn, queued_in_order, site_queue
+from .scheduling import RATE_FIELDS, SiteQueue, front_turn, queued_in_order, site_queue
 from .workflows import WorkflowError, get_workflow
 
 logger = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def moved_queue_places(looked_at: int | None = None) -> list[Relay]:
             "pk", "owner_id", "told_place", "told_estimate", "cancel_requested_at", *RATE_FIELDS
         )
         rows = list(in_order if looked_at is None else in_order[:looked_at])
-        estimates = _queue_estimates(rows)
+        estimates = _queue_estimates(queue, rows)
         lines: dict[int, list[tuple[int, str]]] = {}
         events: dict[int, list[dict[str, Any]]] = {}
         told: list[tuple[int, int, str]] = []
@@ -390,11 +390,11 @@ def _one_round_at_a_time() -> None:
 PLACES_LOCK_KEY = 0x636F6D6679  # any number the site's other advisory locks do not use
 
 
-def _queue_estimates(rows: list[tuple[Any, ...]]) -> dict[int, float]:
+def _queue_estimates(queue: SiteQueue, rows: list[tuple[Any, ...]]) -> dict[int, float]:
     """Seconds to done of queued jobs, `rows` read from the front in the fair order (pk, then
     four columns, then RATE_FIELDS): added up for the first ADDED_UP, and from their average
     behind them, as a card rendered alone estimates them (estimates.seconds_to_done)."""
-    backlog = Backlog.load()
+    backlog = Backlog.load(queue)
     if backlog is None:
         return {}
     front = backlog.front(row[:1] + row[5:] for row in rows[:ADDED_UP])

@@ -13,11 +13,13 @@ neither grows with the length of the queue in Python.
 
 from __future__ import annotations
 
+import datetime
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, NamedTuple
 
 from django.contrib.auth import get_user_model
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
@@ -34,14 +36,45 @@ def queued_in_order() -> QuerySet[Prompt]:
     return Prompt.objects.filter(status=S.QUEUED).order_by(*QUEUE_ORDER)
 
 
+# The settings a job's speed depends on (see generator.estimates), extracted by the database.
+RATE_FIELDS = ("workflow", "params__width", "params__height", "params__steps")
+
+
+class HandedJob(NamedTuple):
+    """A job handed to ComfyUI, as the queue and the estimates need it."""
+
+    pk: int
+    owner_id: int
+    status: str
+    backend: str
+    workflow: str
+    width: Any
+    height: Any
+    steps: Any
+    started_at: datetime.datetime | None
+
+
 @dataclass(frozen=True)
 class SiteQueue:
     """The jobs handed to ComfyUI, read in one query (they are few), and the queued ones as the
     database orders them."""
 
-    on_backend: Counter[int]  # owner id → that owner's jobs handed to ComfyUI
-    waiting_in_comfy: int  # jobs handed to ComfyUI that have not started: ahead of every queued one
-    per_backend: Counter[str]  # backend URL → jobs handed to it
+    handed: tuple[HandedJob, ...]  # oldest first
+
+    @cached_property
+    def on_backend(self) -> Counter[int]:
+        """Owner id → that owner's jobs handed to ComfyUI."""
+        return Counter(job.owner_id for job in self.handed)
+
+    @cached_property
+    def per_backend(self) -> Counter[str]:
+        """Backend URL → jobs handed to it."""
+        return Counter(job.backend for job in self.handed)
+
+    @cached_property
+    def waiting_in_comfy(self) -> int:
+        """Jobs handed to ComfyUI that have not started: ahead of every queued one."""
+        return sum(job.status == S.SUBMITTED for job in self.handed)
 
     def places(self, jobs: Iterable[Prompt]) -> dict[int, int]:
         """1-based place of each of these queued jobs (jobs waiting in ComfyUI count first): one
@@ -61,15 +94,12 @@ class SiteQueue:
 
 
 def site_queue() -> SiteQueue:
-    rows = Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES).values_list(
-        "owner_id", "status", "backend"
+    rows = (
+        Prompt.objects.filter(status__in=Prompt.ON_BACKEND_STATUSES)
+        .order_by("created_at", "pk")
+        .values_list("pk", "owner_id", "status", "backend", *RATE_FIELDS, "started_at")
     )
-    on_backend, per_backend, waiting_in_comfy = Counter[int](), Counter[str](), 0
-    for owner_id, status, backend in rows:
-        on_backend[owner_id] += 1
-        per_backend[backend] += 1
-        waiting_in_comfy += status == S.SUBMITTED
-    return SiteQueue(on_backend, waiting_in_comfy, per_backend)
+    return SiteQueue(tuple(HandedJob(*row) for row in rows))
 
 
 def fair_order(limit: int | None = None) -> list[int]:

@@ -6,6 +6,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from generator.estimates import Measurement, record_run
 from generator.models import Prompt
 
 from .factories import PromptFactory, backend_with_models
@@ -116,6 +117,23 @@ def test_posting_a_job_runs_the_same_few_queries_however_long_the_queue(user_cli
     # session, user, quotas (2), the insert with its turn (2), the jobs on GPUs, the place counted
     # from the queue's index, the rates for an estimate (none measured: no more), the place noted
     assert len(behind_others) == len(alone) <= 10, [q["sql"] for q in behind_others]
+
+
+def test_with_a_measured_speed_a_post_still_runs_the_same_few_queries(user_client, other_user):
+    user_client.post(reverse("generate"), valid_data(), **HTMX)
+    params = Prompt.objects.get().params
+    record_run("http://gpu", "txt2img", params, Measurement(20, 0.5, 2.0, 1.0))
+    with CaptureQueriesContext(connection) as alone:
+        user_client.post(reverse("generate"), valid_data(), **HTMX)
+    for _ in range(30):
+        PromptFactory(owner=other_user, params=params)
+    with CaptureQueriesContext(connection) as behind_others:
+        response = user_client.post(reverse("generate"), valid_data(), **HTMX)
+
+    assert "to go" in response.text  # the card carries its estimate
+    # As above, then for the estimate: the healthy backends and the first queued jobs' settings
+    # (the jobs on GPUs are read once, for the place and the estimate).
+    assert len(behind_others) == len(alone) <= 12, [q["sql"] for q in behind_others]
 
 
 def test_an_empty_seed_means_random_and_the_drawn_seed_is_kept(user_client):
