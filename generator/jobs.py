@@ -158,6 +158,13 @@ def release_jobs_on(backend_url: str, reason: str) -> list[int]:
     return moved
 
 
+def cancel_requested(pks: list[int]) -> list[int]:
+    """Of these jobs, those whose owner asked to cancel them."""
+    return list(
+        Prompt.objects.filter(pk__in=pks, cancel_requested_at__isnull=False).values_list("pk", flat=True)
+    )
+
+
 def jobs_on_backend(backend_url: str) -> list[Job]:
     prompts = Prompt.objects.filter(backend=backend_url, status__in=Prompt.ON_BACKEND_STATUSES).order_by("pk")
     return [_job(p) for p in prompts]

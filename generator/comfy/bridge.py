@@ -733,6 +733,7 @@ class Bridge:
                     await db(self._save_backend)(
                         online=True, status_message="", system_stats=stats, object_info=info
                     )
+                await self._cancel_missed()
                 continue
             offline_for = await db(self._offline_seconds)()
             if offline_for is not None and offline_for >= self.settings.dead_seconds:
@@ -859,6 +860,13 @@ class Bridge:
         finally:
             with contextlib.suppress(Exception):  # the layer may be the thing that failed
                 await self.layer.group_discard(BRIDGE_GROUP, channel)
+
+    async def _cancel_missed(self) -> None:
+        """Act on cancels whose message never came: a cancel is saved on the job first, then
+        told over the channel layer, and while Redis restarts the telling is lost."""
+        waiting = [active.pk for active in self.active.values() if not active.live.cancelling]
+        for pk in await db(jobs.cancel_requested)(waiting) if waiting else ():
+            self._later(functools.partial(self.cancel, pk))
 
     async def cancel(self, pk: int) -> None:
         """Waiting in ComfyUI: delete it from the queue. Running: interrupt it, by its id only."""

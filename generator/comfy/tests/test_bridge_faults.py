@@ -11,6 +11,7 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 from PIL import Image
 
 from generator.comfy.bridge import Bridge, BridgeSettings
@@ -336,3 +337,17 @@ async def test_fragments_lost_while_redis_restarts_are_a_warning_not_an_error(ca
     assert not bridge._outbox
     assert [r.levelname for r in caplog.records if r.name == "generator.comfy.bridge"] == ["WARNING"] * 2
     assert all(r.exc_info is None for r in caplog.records)  # no traceback for a known outage
+
+
+async def test_a_cancel_whose_message_was_lost_still_stops_the_job(slow_emulator):
+    # Redis restarting as the owner pressed Cancel: the cancel is saved on the job, the message
+    # to the bridge is lost. The bridge finds it at its next health round.
+    job = await new_job(steps=30)
+    async with running_bridge(slow_emulator.url, health_seconds=0.2) as bridge:
+        bridge.wake.set()
+        await wait_for_status(job.pk, S.RUNNING)
+        await Prompt.objects.filter(pk=job.pk).aupdate(cancel_requested_at=timezone.now())
+
+        cancelled = await wait_for_status(job.pk, S.CANCELLED, within=10)
+
+    assert cancelled.error == "Cancelled while it ran."
