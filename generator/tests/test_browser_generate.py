@@ -116,3 +116,29 @@ def test_watching_jobs_run_logs_no_error_and_the_cards_say_how_long_is_left(page
         "document.querySelectorAll('#jobs .job-card[data-status=succeeded]').length == 4", timeout=10000
     )
     assert console_errors == []
+
+
+@pytest.fixture(scope="module")
+def few_cards_site(tmp_path_factory):
+    with running_site(tmp_path_factory.mktemp("few-cards-site"), extra_env={"JOB_CARDS": "3"}) as url:
+        yield url
+
+
+def test_a_long_queue_shows_the_newest_cards_and_counts_the_rest(page, few_cards_site):
+    console_errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    sign_up(page, few_cards_site, "kit", "a long queue of ideas 9")
+    for n in range(8):  # one runs, one waits in ComfyUI, six in the site's queue
+        generate(page, f"study number {n}", 20)
+
+    page.reload()
+
+    # The three newest and the two on the GPU; the three other queued ones are counted.
+    page.wait_for_selector("#jobs-more:has-text('and 3 more queued')")
+    assert page.locator("#jobs .job-card").count() == 5
+    assert page.locator("#jobs .job-card:has-text('study number 2')").count() == 0
+    screenshot(page, "generate-long-queue")
+    # The oldest counted job reaches the GPU: it gets its card, and the count goes down.
+    page.wait_for_selector("#jobs-more:has-text('and 2 more queued')", timeout=20000)
+    page.wait_for_selector("#jobs .job-card:has-text('study number 2')")
+    assert console_errors == []
