@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from .backends import healthy_backends
 from .models import Prompt, StepRate
-from .scheduling import RATE_FIELDS, SiteQueue, queued_in_order
+from .scheduling import RATE_FIELDS, HandedJob, SiteQueue, queued_in_order, rate_params
 
 # Weight of the newest job in the running averages: a backend that slowed down (a bigger model,
 # another tenant on its GPU) shows within a few jobs, and one odd job moves little.
@@ -190,24 +190,10 @@ def running_rate(backend: str, workflow: str, params: dict[str, Any]) -> Rate | 
     return RateBook.load().rate(workflow, params, backend)
 
 
-@dataclass(frozen=True)
-class _Row:
-    pk: int
-    workflow: str
-    params: dict[str, Any]
-    status: str
-    backend: str
-    started_at: datetime.datetime | None
-
-
 # Queued jobs whose own runs are added up one by one for an estimate; a job further back is
 # told these plus the average of their runs for each job between (a wait of hours, in words
 # rounded to ten minutes, does not need every row read).
 ADDED_UP = 100
-
-
-def rate_params(width: Any, height: Any, steps: Any) -> dict[str, Any]:
-    return {"width": width, "height": height, "steps": steps}
 
 
 @dataclass
@@ -226,16 +212,10 @@ class Backlog:
         book = RateBook.load()
         if not book.rates:
             return None
-        rows = [
-            _Row(
-                job.pk, job.workflow, rate_params(job.width, job.height, job.steps), *job[2:4], job.started_at
-            )
-            for job in queue.handed
-        ]
         handed: dict[int, float] = {}
         # Each backend's work: what its running job has left, then the jobs waiting inside it.
         work: dict[str, float | None] = {}
-        for row, seconds in _handed_jobs_left(rows, book):
+        for row, seconds in _handed_jobs_left(queue.handed, book):
             before = work.get(row.backend, 0.0)
             total = None if before is None or seconds is None else before + seconds
             work[row.backend] = total
@@ -323,14 +303,14 @@ def seconds_to_done(
     return estimates
 
 
-def _handed_jobs_left(rows: list[_Row], book: RateBook) -> list[tuple[_Row, float | None]]:
+def _handed_jobs_left(rows: Sequence[HandedJob], book: RateBook) -> list[tuple[HandedJob, float | None]]:
     """Jobs handed to ComfyUI, oldest first, with the seconds each has left (None: unknown).
     A running job's comes from the bridge's last word (its steps left), kept with its live state."""
     from .live import load_live_states  # here: live imports this module to render estimates
 
     lives = load_live_states([row.pk for row in rows if row.status == S.RUNNING])
     now = timezone.now()
-    found: list[tuple[_Row, float | None]] = []
+    found: list[tuple[HandedJob, float | None]] = []
     for row in rows:
         rate = book.rate(row.workflow, row.params, row.backend)
         live = lives.get(row.pk)
@@ -345,7 +325,7 @@ def _handed_jobs_left(rows: list[_Row], book: RateBook) -> list[tuple[_Row, floa
     return found
 
 
-def _left_by_clock(rate: Rate, row: _Row, now: datetime.datetime) -> float:
+def _left_by_clock(rate: Rate, row: HandedJob, now: datetime.datetime) -> float:
     """A running job whose steps no tab was told yet: its run less the time it has run."""
     ran = (now - row.started_at).total_seconds() if row.started_at else 0.0
     return max(0.0, rate.job_seconds(job_steps(row.params)) - ran)

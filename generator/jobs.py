@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .estimates import ADDED_UP, Backlog, about, rate_params
+from .estimates import ADDED_UP, Backlog, about
 from .live import (
     LiveState,
     Relay,
@@ -34,7 +34,7 @@ from .live import (
 )
 from .models import GeneratedImage, IllegalTransition, Prompt
 from .quotas import users_at_running_limit
-from .scheduling import RATE_FIELDS, SiteQueue, front_turn, queued_in_order, site_queue
+from .scheduling import RATE_FIELDS, SiteQueue, front_turn, queued_in_order, rate_params, site_queue
 from .workflows import WorkflowError, get_workflow
 
 logger = logging.getLogger(__name__)
@@ -368,9 +368,7 @@ def _note_told(told: list[tuple[int, int, str]], batch: int = 500) -> None:
     which took 130 of a round's 210 ms for 245 rows on SQLite."""
     if connection.vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 33):  # no UPDATE FROM
         changed = [Prompt(pk=pk, told_place=place, told_estimate=words) for pk, place, words in told]
-        Prompt.objects.bulk_update(
-            changed, ["told_place", "told_estimate"], batch_size=batch
-        )  # no UPDATE FROM
+        Prompt.objects.bulk_update(changed, ["told_place", "told_estimate"], batch_size=batch)
         return
     table = connection.ops.quote_name(Prompt._meta.db_table)
     for start in range(0, len(told), batch):

@@ -31,13 +31,9 @@ class Limits:
 def limits_for(user: Any) -> Limits:
     """The most generous limit of the user's groups' quotas (None = unlimited), else the defaults."""
     quotas = list(Quota.objects.filter(group__user=user))
-    if user.is_staff or not quotas:
-        defaults = {} if user.is_staff else settings.DEFAULT_QUOTA
-        return Limits(**{name: defaults.get(name) for name in LIMITS})
-    values = {}
-    for name in LIMITS:
-        values[name] = _most_generous([getattr(q, name) for q in quotas])
-    return Limits(**values)
+    return Limits(
+        **{name: _limit(name, user.is_staff, [getattr(q, name) for q in quotas]) for name in LIMITS}
+    )
 
 
 def refusal_for_new_job(user: Any, batch_size: int = 1) -> str | None:
@@ -102,13 +98,17 @@ def users_at_running_limit(on_gpu: Counter[int]) -> set[int]:
             quota_limits[user_id].append(max_running)
     blocked = set()
     for user_id, found in quota_limits.items():
-        if user_id in staff:
-            continue
-        limit = settings.DEFAULT_QUOTA.get("max_running") if not found else _most_generous(found)
+        limit = _limit("max_running", user_id in staff, found)
         if limit is not None and on_gpu[user_id] >= limit:
             blocked.add(user_id)
     return blocked
 
 
-def _most_generous(found: list[int | None]) -> int | None:
-    return None if None in found else max(v for v in found if v is not None)
+def _limit(name: str, is_staff: bool, from_quotas: list[int | None]) -> int | None:
+    """One limit of a user (None = unlimited): none for staff; the most generous of their
+    groups' quotas; the default when no group has one."""
+    if is_staff:
+        return None
+    if not from_quotas:
+        return settings.DEFAULT_QUOTA.get(name)
+    return None if None in from_quotas else max(v for v in from_quotas if v is not None)

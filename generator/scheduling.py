@@ -40,6 +40,11 @@ def queued_in_order() -> QuerySet[Prompt]:
 RATE_FIELDS = ("workflow", "params__width", "params__height", "params__steps")
 
 
+def rate_params(width: Any, height: Any, steps: Any) -> dict[str, Any]:
+    """The parameters a speed is looked up by, from the values RATE_FIELDS read."""
+    return {"width": width, "height": height, "steps": steps}
+
+
 class HandedJob(NamedTuple):
     """A job handed to ComfyUI, as the queue and the estimates need it."""
 
@@ -52,6 +57,10 @@ class HandedJob(NamedTuple):
     height: Any
     steps: Any
     started_at: datetime.datetime | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return rate_params(self.width, self.height, self.steps)
 
 
 @dataclass(frozen=True)
