@@ -76,9 +76,12 @@ from django.core.management import call_command  # noqa: E402
 
 from bench.common import (  # noqa: E402
     EmulatorProcess,
+    Phases,
+    comfy_ids,
     cpu_per_job_by_thread,
     cpu_seconds,
     direct_job_seconds,
+    ms,
     percentile,
     run_site,
     thread_cpu_seconds,
@@ -215,10 +218,6 @@ async def api_client(site: str, username: str, parameters: dict[str, Any]) -> Ap
     return ApiClient(site, await sync_to_async(_user_key)(username), parameters)
 
 
-async def comfy_ids(jobs: list[int]) -> dict[int, str]:
-    return {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
-
-
 BEHIND_SECONDS = 0.0005
 
 
@@ -255,34 +254,8 @@ def progress_before_status(jobs: list[ApiJob]) -> int:
     return count
 
 
-def ms(values: list[float]) -> float:
-    """p50 of durations in seconds, in ms."""
-    return statistics.median(values) * 1000
-
-
 def met(value: float, target: float) -> str:
     return f"target ≤ {target} ms: {'met' if value <= target else 'MISSED'}"
-
-
-@dataclass
-class Phases:
-    """Where a job's time went, from the emulator's timeline: before ComfyUI started it, its
-    run, after ComfyUI ended it (each a list of seconds)."""
-
-    before: list[float] = field(default_factory=list)
-    run: list[float] = field(default_factory=list)
-    after: list[float] = field(default_factory=list)
-
-    def add(self, started: float, execution: list[float], done: float) -> None:
-        self.before.append(execution[0] - started)
-        self.run.append(execution[1] - execution[0])
-        self.after.append(done - execution[1])
-
-    def __str__(self) -> str:
-        return (
-            f"before ComfyUI starts it {ms(self.before):.1f} ms, ComfyUI's run {ms(self.run):.1f} ms, "
-            f"after ComfyUI ends it {ms(self.after):.1f} ms"
-        )
 
 
 class Hold:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,12 @@ def percentile(values: list[float], fraction: float) -> float:
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) process `pid` has used so far, from /proc: steadier than wall
     time on a small shared machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system time from a /proc stat file (a process's or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -60,10 +67,8 @@ def thread_cpu_seconds(pid: int) -> Counter[str]:
     used = Counter[str]()
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             name = (task / "comm").read_text().strip()
-            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            used[_thread_kind(int(task.name) == pid, name)] += seconds
+            used[_thread_kind(int(task.name) == pid, name)] += _stat_cpu_seconds(task / "stat")
     return used
 
 
@@ -304,18 +309,49 @@ class Tab:
         await self.http.close()
 
 
+async def comfy_ids(jobs: list[int]) -> dict[int, str]:
+    """The ComfyUI prompt id of each of these jobs."""
+    return {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
+
+
+def ms(values: list[float]) -> float:
+    """p50 of durations in seconds, in ms."""
+    return statistics.median(values) * 1000
+
+
+@dataclass
+class Phases:
+    """Where a job's time went, from the emulator's timeline: before ComfyUI started it, its
+    run, after ComfyUI ended it (each a list of seconds)."""
+
+    before: list[float] = field(default_factory=list)
+    run: list[float] = field(default_factory=list)
+    after: list[float] = field(default_factory=list)
+
+    def add(self, started: float, execution: list[float], done: float) -> None:
+        self.before.append(execution[0] - started)
+        self.run.append(execution[1] - execution[0])
+        self.after.append(done - execution[1])
+
+    def __str__(self) -> str:
+        return (
+            f"before ComfyUI starts it {ms(self.before):.1f} ms, ComfyUI's run {ms(self.run):.1f} ms, "
+            f"after ComfyUI ends it {ms(self.after):.1f} ms"
+        )
+
+
 async def relay_latencies(tabs: list[Tab], jobs: list[int], progress: list) -> list[tuple[float, float]]:
     """Per step fragment a tab received: (when the emulator sent that `progress` message,
     received at − sent at in ms). `progress` is the timed emulators' (prompt id, step, sent at)."""
     sent = {(prompt_id, step): at for prompt_id, step, at in progress}
-    comfy_ids = {p.pk: str(p.comfy_prompt_id) async for p in Prompt.objects.filter(pk__in=jobs)}
+    ids = await comfy_ids(jobs)
     latencies = []
     for tab in tabs:
         for at, html in tab.received:
             if not html.startswith('<div class="job-progress"'):
                 continue  # whole cards come from the database side, after the step itself
             for match in STEP_RE.finditer(html):
-                key = (comfy_ids.get(int(match.group(1)), ""), int(match.group(2)))
+                key = (ids.get(int(match.group(1)), ""), int(match.group(2)))
                 if key in sent:
                     latencies.append((sent[key], (at - sent[key]) * 1000))
     return latencies

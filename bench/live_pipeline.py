@@ -46,11 +46,14 @@ from django.core.management import call_command  # noqa: E402
 
 from bench.common import (  # noqa: E402
     EmulatorProcess,
+    Phases,
     SiteProcess,
     Tab,
+    comfy_ids,
     cpu_per_job_by_thread,
     cpu_seconds,
     direct_job_seconds,
+    ms,
     percentile,
     relay_latencies,
     run_site,
@@ -59,7 +62,6 @@ from bench.common import (  # noqa: E402
     thread_cpu_seconds,
 )
 from generator.comfy.client import ComfyClient  # noqa: E402
-from generator.models import Prompt  # noqa: E402
 
 SMALL_JOB = small_job(steps=8)
 
@@ -170,28 +172,15 @@ async def latency_and_overhead() -> None:
     answered = statistics.median(
         (solo.answered_at[pk] - posted) * 1000 for pk, (posted, _) in solo_times.items()
     )
-    before, after = await around_the_run(solo_times, timeline["executions"])
+    ids, phases = await comfy_ids(list(solo_times)), Phases()
+    for pk, (posted, finished) in solo_times.items():
+        phases.add(posted, timeline["executions"][ids[pk]], finished)
+    before, after = ms(phases.before), ms(phases.after)
     print(
         f"  of which: form POST → ComfyUI starts the job p50 {before:.1f} ms (the post answered after "
         f"{answered:.1f} ms), ComfyUI ends it → the finished card on the tab p50 {after:.1f} ms "
         "(the emulator's own start and end)"
     )
-
-
-async def around_the_run(
-    times: dict[int, tuple[float, float]], executions: dict[str, list[float]]
-) -> tuple[float, float]:
-    """p50s of the site's time before ComfyUI starts a job (post, claim, submit) and after it
-    ends it (outputs fetched and stored, the final card), from the emulator's own clock."""
-    comfy_ids = {
-        pk: str(p) async for pk, p in Prompt.objects.filter(pk__in=times).values_list("pk", "comfy_prompt_id")
-    }
-    before, after = [], []
-    for pk, (posted, finished) in times.items():
-        started, ended = executions[comfy_ids[pk]]
-        before.append((started - posted) * 1000)
-        after.append((finished - ended) * 1000)
-    return statistics.median(before), statistics.median(after)
 
 
 async def idle_time() -> None:
