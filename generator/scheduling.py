@@ -95,12 +95,6 @@ class SiteQueue:
             ahead = jobs_ahead([job.pk for job in queued])
         return {pk: self.waiting_in_comfy + count + 1 for pk, count in ahead.items()}
 
-    @cached_property
-    def order(self) -> list[int]:
-        """Primary keys of every queued job, next to run first. Reads the whole queue: for tests
-        and tools, never per request."""
-        return fair_order()
-
 
 def site_queue() -> SiteQueue:
     rows = (
@@ -111,10 +105,10 @@ def site_queue() -> SiteQueue:
     return SiteQueue(tuple(HandedJob(*row) for row in rows))
 
 
-def fair_order(limit: int | None = None) -> list[int]:
-    """Primary keys of the queued jobs (the first `limit`, or all), next to run first."""
-    pks = queued_in_order().values_list("pk", flat=True)
-    return list(pks if limit is None else pks[:limit])
+def fair_order() -> list[int]:
+    """Primary keys of every queued job, next to run first. Reads the whole queue: for tests
+    and tools, never per request."""
+    return list(queued_in_order().values_list("pk", flat=True))
 
 
 def next_turn(owner_id: int) -> int:

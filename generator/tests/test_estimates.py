@@ -15,7 +15,7 @@ from generator.estimates import Measurement, StepClock, about, record_run, secon
 from generator.jobs import moved_queue_places
 from generator.live import LiveState, load_live_states, render_cards, save_live_state
 from generator.models import Prompt, StepRate
-from generator.scheduling import site_queue
+from generator.scheduling import fair_order, site_queue
 
 from .factories import PromptFactory, UserFactory, backend
 
@@ -196,7 +196,7 @@ async def test_estimates_are_within_a_fifth_of_the_real_time_on_the_emulator():
             now = time.monotonic()
             queued = jobs[-1]
             queue = await sync_to_async(site_queue)()
-            order = await sync_to_async(lambda: queue.order)()
+            order = await sync_to_async(fair_order)()
             assert order[-1] == queued.pk  # last of those waiting in the site's queue
             assert queue.waiting_in_comfy == 1  # and one waits in ComfyUI, behind the running one
             queued_estimate = (await sync_to_async(seconds_to_done)(queue, [queued]))[queued.pk]
